@@ -1,0 +1,1 @@
+"""gan-dist: distributed GAN training with Accelerate on WebDataset shards."""

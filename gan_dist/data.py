@@ -1,0 +1,132 @@
+"""The WebDataset input pipeline: shards -> uint8 image batches, the same length on every rank.
+
+Each epoch builds a fresh stream seeded by (seed, epoch, rank, worker): shards are
+resampled with replacement (so any number of ranks and workers works with any number
+of shards, and no rank runs dry before another), samples pass a shuffle buffer, and
+the loader stops after exactly `steps_per_epoch` batches on every rank. Restarting an
+epoch with the same seed replays it batch for batch, which is what resume relies on.
+Batches stay uint8 until they reach the device; `to_device_float` scales them there.
+"""
+import io
+import json
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from gan_dist.shard import MANIFEST
+
+
+class DataError(Exception):
+    """The training data is missing, empty or does not match the requested options."""
+
+
+def load_manifest(data):
+    """Read `data/manifest.json` and return (manifest, shard URLs).
+
+    Args:
+        data: a directory written by `python -m gan_dist.shard`.
+    """
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataError(f"--data {data}: no such directory; pack one with "
+                        f"`python -m gan_dist.shard SOURCE --out {data}` (or `make shards-demo`)")
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"--data {data}: no {MANIFEST} (not a finished pack); (re)run "
+                        f"`python -m gan_dist.shard SOURCE --out {data}`")
+    manifest = json.loads(manifest_path.read_text())
+    shards = [s for s in manifest.get("shards", []) if s["count"] > 0]
+    if manifest.get("count", 0) == 0 or not shards:
+        raise DataError(f"--data {data}: the pack holds no images; repack it from a source with images")
+    urls = [str(root / s["file"]) for s in shards]
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise DataError(f"--data {data}: {len(missing)} shard(s) named in {MANIFEST} are missing, "
+                        f"e.g. {missing[0]}; repack the directory")
+    return manifest, urls
+
+
+def check_matches(manifest, img_size, channels, data):
+    """Raise DataError unless the shards hold img_size x img_size x channels images."""
+    if (manifest["size"], manifest["channels"]) != (img_size, channels):
+        raise DataError(
+            f"--data {data} holds {manifest['size']}x{manifest['size']}x{manifest['channels']} "
+            f"images but the model was asked for --img_size {img_size} --channels {channels}; "
+            f"pass --img_size {manifest['size']} --channels {manifest['channels']} "
+            f"or repack with --size {img_size} --channels {channels}")
+
+
+def decode_sample(sample):
+    """PNG/JPEG bytes -> uint8 tensor (C, H, W)."""
+    for key in ("png", "jpg", "jpeg"):
+        if key in sample:
+            arr = np.asarray(Image.open(io.BytesIO(sample[key])))
+            break
+    else:
+        raise ValueError(f"sample {sample.get('__key__')} has no image (keys: {sorted(sample)})")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def collate(images):
+    return torch.stack(images)
+
+
+class _WorkerShuffle(wds.detshuffle):
+    """Shuffle buffer seeded per rank and worker (wds.shuffle would use one seed for all)."""
+
+    def run(self, src):
+        self.seed = wds.utils.make_seed(self.seed, wds.utils.pytorch_worker_seed())
+        return super().run(src)
+
+
+def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000):
+    """An endless, seeded WebDataset pipeline of uint8 batches (B, C, H, W)."""
+    epoch_seed = wds.utils.make_seed(seed, epoch)
+    return wds.DataPipeline(
+        # deterministic=True: the seed is (rank, worker, epoch_seed), never the clock
+        wds.ResampledShards(urls, seed=epoch_seed, deterministic=True),
+        wds.tarfile_to_samples(),
+        _WorkerShuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=epoch_seed),
+        wds.map(decode_sample),
+        wds.batched(batch_size, collation_fn=collate, partial=False),
+    )
+
+
+def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, skip=0,
+                  pin_memory=False):
+    """Yield exactly `steps_per_epoch - skip` uint8 batches of this rank's stream for `epoch`.
+
+    Args:
+        urls: shard paths or URLs.
+        batch_size: images per batch (per process).
+        steps_per_epoch: batches in a full epoch; identical on every rank.
+        seed: the run's data seed; with `epoch` it fixes the stream on every rank.
+        epoch: epoch number; each epoch draws a different order.
+        num_workers: DataLoader worker processes (0 reads in this process).
+        skip: batches already consumed in this epoch (resume).
+        pin_memory: pin host memory for faster, non-blocking copies to a GPU.
+    """
+    loader = torch.utils.data.DataLoader(
+        image_stream(urls, batch_size, seed, epoch), batch_size=None, num_workers=num_workers,
+        pin_memory=pin_memory,
+        # An explicit generator keeps the loader from drawing from the global torch RNG,
+        # which would shift every later noise sample (and break exact resume).
+        generator=torch.Generator().manual_seed(seed))
+    yield from islice(loader, skip, steps_per_epoch)
+
+
+def to_device_float(batch, device):
+    """uint8 (B, C, H, W) on the host -> float in [-1, 1] on `device`."""
+    batch = batch.to(device, non_blocking=True)
+    return batch.float().div_(127.5).sub_(1.0)
+
+
+def first_batch(urls, n, seed):
+    """n images drawn from the shards with `seed`, read in this process (for a grid of reals)."""
+    return next(epoch_batches(urls, n, 1, seed, epoch=0, num_workers=0))

@@ -1,0 +1,133 @@
+"""Generators and discriminators: the report's MLP pair and a DCGAN pair.
+
+Discriminators return logits (no Sigmoid), so the loss can use BCE-with-logits and
+run under autocast; D(x) as a probability is `torch.sigmoid(logit)`.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+ARCHS = ("mlp", "dcgan")
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """Everything needed to rebuild G and D; stored with every checkpoint."""
+
+    arch: str = "mlp"
+    latent_dim: int = 100
+    img_size: int = 128
+    channels: int = 3
+    base_width: int = 64  # DCGAN only: channels of the widest G / narrowest D layer
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.arch == "dcgan" and (self.img_size not in (32, 64, 128)):
+            raise ValueError(f"--arch dcgan needs --img_size 32, 64 or 128, got {self.img_size}; "
+                             "use --arch mlp for other sizes")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class MLPGenerator(nn.Module):
+    """The report's generator: Linear+BatchNorm1d(eps=0.8)+LeakyReLU blocks, Tanh image."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.img_shape = (cfg.channels, cfg.img_size, cfg.img_size)
+
+        def block(n_in, n_out, normalize=True):
+            layers = [nn.Linear(n_in, n_out)]
+            if normalize:
+                layers.append(nn.BatchNorm1d(n_out, eps=0.8))  # the report's eps, kept as is
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            return layers
+
+        self.model = nn.Sequential(
+            *block(cfg.latent_dim, 128, normalize=False), *block(128, 256),
+            *block(256, 512), *block(512, 1024),
+            nn.Linear(1024, math.prod(self.img_shape)), nn.Tanh())
+
+    def forward(self, z):  # (B, latent) -> (B, C, H, W) in [-1, 1]
+        return self.model(z).view(z.size(0), *self.img_shape)
+
+
+class MLPDiscriminator(nn.Module):
+    """The report's 3-layer MLP discriminator, returning a logit instead of a probability."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.Linear(cfg.channels * cfg.img_size ** 2, 512), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(512, 256), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(256, 1))
+
+    def forward(self, img):  # (B, C, H, W) -> (B, 1) logits
+        return self.model(img.flatten(1))
+
+
+class DCGANGenerator(nn.Module):
+    """DCGAN generator (Radford et al.): a 4x4 seed doubled by strided transposed convs."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        n_up = int(math.log2(cfg.img_size)) - 3  # 4x4 -> img_size/2, last layer doubles once more
+        width = cfg.base_width * 2 ** n_up
+        layers = [nn.ConvTranspose2d(cfg.latent_dim, width, 4, 1, 0, bias=False),
+                  nn.BatchNorm2d(width), nn.ReLU(True)]  # (B, width, 4, 4)
+        for _ in range(n_up):  # each: (B, w, s, s) -> (B, w/2, 2s, 2s)
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, z):  # (B, latent) -> (B, C, H, W) in [-1, 1]
+        return self.model(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """DCGAN discriminator: strided convs down to 4x4, then a 4x4 conv to one logit."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        n_down = int(math.log2(cfg.img_size)) - 3
+        width = cfg.base_width
+        layers = [nn.Conv2d(cfg.channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for _ in range(n_down):  # each: (B, w, s, s) -> (B, 2w, s/2, s/2)
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            width *= 2
+        layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False)]  # (B, 1, 1, 1)
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, img):  # (B, C, H, W) -> (B, 1) logits
+        return self.model(img).flatten(1)
+
+
+def dcgan_init_(module):
+    """The DCGAN paper's init: conv weights N(0, 0.02), BatchNorm weights N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def build_models(cfg: GANConfig):
+    """Return (G, D) for `cfg.arch`, freshly initialised."""
+    if cfg.arch == "mlp":
+        return MLPGenerator(cfg), MLPDiscriminator(cfg)
+    G, D = DCGANGenerator(cfg), DCGANDiscriminator(cfg)
+    dcgan_init_(G)
+    dcgan_init_(D)
+    return G, D
+
+
+def count_params(module):
+    return sum(p.numel() for p in module.parameters())

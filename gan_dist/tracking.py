@@ -1,0 +1,91 @@
+"""What a run leaves behind for people: trackers (W&B, TensorBoard), metrics.jsonl, sample grids.
+
+Everything here acts on the main process only; other ranks return at once. W&B runs
+offline into OUTPUT_DIR/wandb when no credentials are found (sync later with
+`wandb sync`), and a tracker that fails to start never stops training.
+"""
+import json
+import netrc
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid, save_image
+
+TRACKERS = ("wandb", "tensorboard")
+
+
+def tracker_names(report_to):
+    """--report_to value -> list of Accelerate tracker names."""
+    if report_to == "none":
+        return []
+    return list(TRACKERS) if report_to == "all" else [report_to]
+
+
+def _wandb_has_credentials():
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def init_trackers(accelerator, project_name, config, output_dir):
+    """Start the Accelerator's trackers on the main process; on failure warn and go on without them."""
+    if not accelerator.is_main_process or not accelerator.log_with:
+        return
+    wandb_kwargs = {"dir": str(output_dir), "name": Path(output_dir).name}
+    if "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
+        wandb_kwargs["mode"] = "offline"
+    try:
+        accelerator.init_trackers(project_name, config=config, init_kwargs={"wandb": wandb_kwargs})
+    except Exception as e:  # a dashboard must never cost the run
+        accelerator.print(f"warning: could not start trackers {accelerator.log_with} ({e!r}); "
+                          "training continues; metrics.jsonl and samples/ are still written")
+        accelerator.trackers = []
+
+
+def finish_trackers(accelerator, output_dir):
+    """End trackers; tell the user how to upload an offline W&B run."""
+    offline = any(t.name == "wandb" and getattr(t.run, "settings", None) is not None
+                  and t.run.settings.mode == "offline" for t in accelerator.trackers)
+    accelerator.end_training()
+    if offline and accelerator.is_main_process:
+        print(f"W&B ran offline; upload with: wandb sync {Path(output_dir) / 'wandb'}/offline-run-*")
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to OUTPUT_DIR/metrics.jsonl (main process only)."""
+
+    def __init__(self, accelerator, output_dir):
+        self.accelerator = accelerator
+        self.path = Path(output_dir) / "metrics.jsonl"
+
+    def log(self, row, step):
+        self.accelerator.log(row, step=step)
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+
+
+def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5):
+    """Save images in [-1, 1] as a grid PNG under OUTPUT_DIR/samples and send it to the trackers."""
+    if not accelerator.is_main_process:
+        return None
+    grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
+    path = Path(output_dir) / "samples" / f"{key}_{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    hwc = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # W&B needs uint8
+    for tracker in accelerator.trackers:
+        try:
+            if tracker.name == "wandb":
+                import wandb
+                tracker.log({key: wandb.Image(hwc)}, step=step)
+            elif tracker.name == "tensorboard":
+                tracker.log_images({key: np.ascontiguousarray(hwc)}, step=step, dataformats="HWC")
+        except Exception as e:
+            accelerator.print(f"warning: {tracker.name} could not log {key} at step {step}: {e!r}")
+    return path

@@ -1,0 +1,209 @@
+"""Train a GAN on WebDataset shards with Accelerate: one CPU, many GPUs or many nodes.
+
+    python -m gan_dist.train --data shards/digits --img_size 32 --channels 1 --cpu
+    accelerate launch gan_dist/train.py --data shards/lfw --img_size 128    # as `accelerate config` says
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 gan_dist/train.py --data shards/lfw
+    torchrun --standalone --nproc_per_node 2 gan_dist/train.py --cpu --data shards/digits --img_size 32 --channels 1
+
+`--batch_size` is per process; the global batch is batch_size x processes. The run
+directory (--output_dir) gets args.json, metrics.jsonl, samples/ and checkpoints/.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from gan_dist.checkpoint import TrainState, read_meta, resolve_resume, save_checkpoint
+from gan_dist.data import DataError, check_matches, epoch_batches, first_batch, load_manifest, to_device_float
+from gan_dist.ddp import DistributedError, check_consistency, check_launch, sync_buffers
+from gan_dist.losses import d_loss, g_loss
+from gan_dist.models import ARCHS, GANConfig, build_models
+from gan_dist.tracking import MetricsLog, finish_trackers, init_trackers, log_grid, tracker_names
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="gan_dist.train", description=__doc__.split("\n")[0])
+    # the report's hyper-parameters, names and defaults
+    p.add_argument("--n_epochs", type=int, default=50, help="passes over the dataset at the global batch")
+    p.add_argument("--batch_size", type=int, default=64, help="images per process per step")
+    p.add_argument("--lr", type=float, default=0.0002, help="Adam learning rate (G and D)")
+    p.add_argument("--b1", type=float, default=0.5, help="Adam beta1")
+    p.add_argument("--b2", type=float, default=0.999, help="Adam beta2")
+    p.add_argument("--n_cpu", type=int, default=2, help="data loader worker processes per process")
+    p.add_argument("--latent_dim", type=int, default=100)
+    p.add_argument("--img_size", type=int, default=128)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--sample_interval", type=int, default=500, help="steps between sample grids")
+    # data, model, run
+    p.add_argument("--data", required=True, help="shard directory written by `python -m gan_dist.shard`")
+    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: the report's networks; dcgan: conv nets")
+    p.add_argument("--output_dir", default="runs/gan")
+    p.add_argument("--max_train_steps", type=int, default=None, help="overrides --n_epochs when set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n_samples", type=int, default=25, help="images in each fixed-noise grid (5x5)")
+    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="default: what `accelerate config`/`accelerate launch` set, else no")
+    p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present (gloo when multi-process)")
+    # logging and checkpoints
+    p.add_argument("--report_to", choices=("wandb", "tensorboard", "all", "none"), default="wandb")
+    p.add_argument("--tracker_project_name", default="gan-dist")
+    p.add_argument("--log_steps", type=int, default=50, help="steps between metrics rows")
+    p.add_argument("--checkpointing_steps", type=int, default=1000)
+    p.add_argument("--checkpoints_total_limit", type=int, default=None)
+    p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-STEP directory or 'latest'")
+    args = p.parse_args(argv)
+    for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
+    try:
+        GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+@torch.no_grad()
+def generate(G, z):
+    """Images from G in eval mode (BatchNorm running statistics), then back to train mode."""
+    G.eval()
+    images = G(z)
+    G.train()
+    return images
+
+
+def train(args):
+    manifest, urls = load_manifest(args.data)
+    check_matches(manifest, args.img_size, args.channels, args.data)
+    gan_config = GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
+    output_dir = Path(args.output_dir)
+
+    accelerator = Accelerator(
+        cpu=args.cpu, mixed_precision=args.mixed_precision, log_with=tracker_names(args.report_to),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")))
+    check_launch(accelerator)
+    resume_dir = resolve_resume(args.resume_from_checkpoint, output_dir)
+    if resume_dir is not None and read_meta(resume_dir)["gan_config"] != gan_config.to_dict():
+        raise DataError(f"checkpoint {resume_dir} was made for {read_meta(resume_dir)['gan_config']}, "
+                        f"not {gan_config.to_dict()}; resume with the same --arch/--img_size/--channels/"
+                        "--latent_dim or use a new --output_dir")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+
+    set_seed(args.seed)  # same initial weights for any world size (DDP also broadcasts rank 0's)
+    G, D = build_models(gan_config)
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.b1, args.b2))
+    G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    set_seed(args.seed, device_specific=True)  # each rank draws its own noise
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))  # weights, optimizers, step and every rank's RNG
+        accelerator.print(f"resumed from {resume_dir} at step {state.global_step}")
+    elif args.resume_from_checkpoint:
+        accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
+
+    global_batch = args.batch_size * accelerator.num_processes
+    steps_per_epoch = max(1, manifest["count"] // global_batch)
+    max_train_steps = args.max_train_steps or args.n_epochs * steps_per_epoch
+    device = accelerator.device
+    fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    metrics = MetricsLog(accelerator, output_dir)
+    init_trackers(accelerator, args.tracker_project_name, vars(args), output_dir)
+    if state.global_step == 0:
+        log_grid(accelerator, to_device_float(first_batch(urls, args.n_samples, args.seed), "cpu"),
+                 output_dir, 0, key="reals")
+    accelerator.print(
+        f"***** training {args.arch} on {manifest['count']} images {args.img_size}x{args.img_size}x{args.channels} *****\n"
+        f"  processes {accelerator.num_processes} ({accelerator.distributed_type}, {device}), "
+        f"mixed precision {accelerator.mixed_precision}\n  batch {args.batch_size} per process, {global_batch} global; "
+        f"{steps_per_epoch} steps per epoch; {max_train_steps} steps ({max_train_steps / steps_per_epoch:.1f} epochs)")
+
+    stat_sum = torch.zeros(4, device=device)  # loss_D, loss_G, D_real, D_fake summed since the last log
+    stat_n, data_wait, t_log = 0, 0.0, time.perf_counter()
+    progress = tqdm(total=max_train_steps, initial=state.global_step, disable=not accelerator.is_main_process,
+                    dynamic_ncols=True, mininterval=1.0)
+    while state.global_step < max_train_steps:
+        epoch, skip = divmod(state.global_step, steps_per_epoch)
+        batches = epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu,
+                                skip=skip, pin_memory=device.type == "cuda")
+        t_wait = time.perf_counter()
+        for real_u8 in batches:
+            data_wait += time.perf_counter() - t_wait
+            real_img = to_device_float(real_u8, device)
+            gen_z = torch.randn(real_img.size(0), args.latent_dim, device=device)
+
+            # ---- (1) D step: maximize log D(x) + log(1 - D(G(z)))
+            with accelerator.autocast():
+                gen_img = G(gen_z)
+                real_logits, fake_logits = D(real_img), D(gen_img.detach())
+                loss_D = d_loss(real_logits, fake_logits)
+            opt_D.zero_grad(set_to_none=True)
+            accelerator.backward(loss_D)  # one backward for both D forwards: one all-reduce, no desync
+            opt_D.step()
+
+            # ---- (2) G step: maximize log D(G(z)); D frozen so its DDP reducer stays idle
+            D.requires_grad_(False)
+            with accelerator.autocast():
+                loss_G = g_loss(D(gen_img))
+            opt_G.zero_grad(set_to_none=True)
+            accelerator.backward(loss_G)
+            opt_G.step()
+            D.requires_grad_(True)
+
+            # ---- bookkeeping: stats; every N steps log / sample / check and checkpoint
+            state.global_step += 1
+            progress.update(1)
+            stat_sum += torch.stack([loss_D.detach(), loss_G.detach(), torch.sigmoid(real_logits.detach()).mean(),
+                                     torch.sigmoid(fake_logits.detach()).mean()]).float()
+            stat_n += 1
+            step = state.global_step
+            done = step >= max_train_steps
+            if step % args.log_steps == 0 or done:
+                loss_d, loss_g, d_real, d_fake = (accelerator.reduce(stat_sum, "mean") / stat_n).tolist()
+                if not all(map(math.isfinite, (loss_d, loss_g))):
+                    raise FloatingPointError(f"non-finite loss at step {step}: loss_D={loss_d} loss_G={loss_g}; "
+                                             "lower --lr or resume from the last checkpoint")
+                dt = time.perf_counter() - t_log
+                metrics.log({"loss_D": loss_d, "loss_G": loss_g, "D_real": d_real, "D_fake": d_fake,
+                             "img_per_s": stat_n * global_batch / dt, "data_wait": data_wait / dt,
+                             "epoch": step / steps_per_epoch, "kimg": step * global_batch / 1000,
+                             "global_batch": global_batch}, step)
+                progress.set_postfix(loss_D=f"{loss_d:.3f}", loss_G=f"{loss_g:.3f}",
+                                     img_s=f"{stat_n * global_batch / dt:.0f}", refresh=False)
+                stat_sum.zero_()
+                stat_n, data_wait, t_log = 0, 0.0, time.perf_counter()
+            if step % args.sample_interval == 0 or done:
+                log_grid(accelerator, generate(accelerator.unwrap_model(G), fixed_z), output_dir, step)
+            if step % args.checkpointing_steps == 0 or done:
+                sync_buffers(accelerator, {"G": G, "D": D})
+                check_consistency(accelerator, {"G": G, "D": D})  # before saving: never keep a drifted state
+                save_checkpoint(accelerator, output_dir, step, gan_config, args.checkpoints_total_limit)
+            if done:
+                break
+            t_wait = time.perf_counter()
+    progress.close()
+    finish_trackers(accelerator, output_dir)
+    accelerator.print(f"done: {state.global_step} steps; run directory {output_dir}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (DataError, DistributedError, FileNotFoundError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gan_dist.shard import pack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_images(folder, n, size=16, mode="RGB", seed=0):
+    """n random images as PNG under folder/a and folder/b; returns the arrays in sorted-path order."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for i in range(n):
+        shape = (size, size, 3) if mode == "RGB" else (size, size)
+        arr = rng.integers(0, 256, shape, dtype=np.uint8)
+        path = Path(folder) / ("a" if i % 2 else "b") / f"img{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr, mode).save(path)
+        arrays[str(path.relative_to(folder))] = arr
+    return [arrays[k] for k in sorted(arrays)]
+
+
+@pytest.fixture(scope="session")
+def digits16(tmp_path_factory):
+    """The embedded digits packed at 16x16 greyscale, 4 shards."""
+    out = tmp_path_factory.mktemp("digits16")
+    pack("digits", out, size=16, channels=1, shard_size=500, workers=1)
+    return out
+
+
+def run_module(module, *args, env=None, timeout=300, cwd=None):
+    """Run `python -m module args` in a fresh process; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd or ROOT)
+
+
+def run_torchrun(script_args, nproc=2, env=None, timeout=300, extra=()):
+    """Launch `torchrun --standalone --nproc_per_node nproc gan_dist/train.py ...`."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
+                **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           *extra, str(ROOT / "gan_dist" / "train.py"), *map(str, script_args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT)

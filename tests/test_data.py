@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from gan_dist.data import DataError, check_matches, epoch_batches, load_manifest, to_device_float
+from gan_dist.shard import MANIFEST
+
+
+def batches(urls, epoch=0, seed=0, skip=0, workers=0, steps=6, bs=32):
+    return [b.clone() for b in epoch_batches(urls, bs, steps, seed, epoch, workers, skip=skip)]
+
+
+def test_exact_step_count_and_uint8_batches(digits16):
+    manifest, urls = load_manifest(digits16)
+    out = batches(urls, steps=7)
+    assert len(out) == 7
+    assert all(b.shape == (32, 1, 16, 16) and b.dtype == torch.uint8 for b in out)
+
+
+def test_stream_is_reproducible_and_changes_with_epoch_and_seed(digits16):
+    _, urls = load_manifest(digits16)
+    a, b = batches(urls), batches(urls)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(torch.stack(a), torch.stack(batches(urls, epoch=1)))
+    assert not torch.equal(torch.stack(a), torch.stack(batches(urls, seed=1)))
+
+
+def test_skip_resumes_mid_epoch(digits16):
+    _, urls = load_manifest(digits16)
+    full = batches(urls, workers=2)
+    tail = batches(urls, workers=2, skip=4)
+    assert len(tail) == 2
+    assert all(torch.equal(x, y) for x, y in zip(full[4:], tail))
+
+
+def test_ranks_draw_different_streams(digits16, monkeypatch):
+    _, urls = load_manifest(digits16)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    rank0 = torch.stack(batches(urls))
+    monkeypatch.setenv("RANK", "1")
+    rank1 = torch.stack(batches(urls))
+    assert not torch.equal(rank0, rank1)
+
+
+def test_more_workers_than_shards(tmp_path):
+    from gan_dist.shard import pack
+    pack("lfw-subset", tmp_path / "one", size=8, channels=1, shard_size=1000)
+    _, urls = load_manifest(tmp_path / "one")
+    assert len(urls) == 1
+    assert len(batches(urls, workers=2, steps=5, bs=16)) == 5
+
+
+def test_to_device_float_range():
+    x = torch.tensor([[[[0, 255, 128]]]], dtype=torch.uint8)
+    y = to_device_float(x, "cpu")
+    assert y.dtype == torch.float32
+    assert torch.allclose(y, torch.tensor([[[[-1.0, 1.0, 128 / 127.5 - 1]]]]), atol=1e-6)
+
+
+def test_missing_unfinished_and_empty_data(tmp_path, digits16):
+    with pytest.raises(DataError, match="no such directory"):
+        load_manifest(tmp_path / "absent")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(DataError, match="no manifest.json"):
+        load_manifest(tmp_path / "half")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / MANIFEST).write_text(json.dumps({"count": 0, "shards": []}))
+    with pytest.raises(DataError, match="holds no images"):
+        load_manifest(tmp_path / "empty")
+
+
+def test_size_mismatch_names_the_fix(digits16):
+    manifest, _ = load_manifest(digits16)
+    check_matches(manifest, 16, 1, digits16)
+    with pytest.raises(DataError, match="--img_size 16 --channels 1"):
+        check_matches(manifest, 128, 3, digits16)

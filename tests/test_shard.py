@@ -1,0 +1,109 @@
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from gan_dist.data import decode_sample
+from gan_dist.shard import MANIFEST, PackError, main, pack
+
+from conftest import write_images
+
+
+def read_back(out):
+    """All images in shard order, decoded to HWC uint8 arrays."""
+    manifest = json.loads((out / MANIFEST).read_text())
+    images, keys = [], []
+    for shard in manifest["shards"]:
+        for sample in wds.WebDataset(str(out / shard["file"]), shardshuffle=False):
+            keys.append(sample["__key__"])
+            images.append(decode_sample(sample).permute(1, 2, 0).numpy())
+    return manifest, keys, images
+
+
+@pytest.mark.parametrize("channels,mode", [(3, "RGB"), (1, "L")])
+def test_folder_round_trip_is_pixel_exact(tmp_path, channels, mode):
+    originals = write_images(tmp_path / "src", 23, size=16, mode=mode)
+    manifest = pack("folder", tmp_path / "out", src=tmp_path / "src", size=16, channels=channels, shard_size=10)
+    assert manifest["count"] == 23 and manifest["size"] == 16 and manifest["channels"] == channels
+    assert [s["count"] for s in manifest["shards"]] == [10, 10, 3]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        MANIFEST, "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    _, keys, images = read_back(tmp_path / "out")
+    assert keys == [f"{i:08d}" for i in range(23)]
+    for got, want in zip(images, originals):
+        np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+def test_manifest_checksums_match_and_packing_is_deterministic(tmp_path):
+    write_images(tmp_path / "src", 12)
+    first = pack("folder", tmp_path / "one", src=tmp_path / "src", size=8, channels=3, shard_size=5, workers=2)
+    second = pack("folder", tmp_path / "two", src=tmp_path / "src", size=8, channels=3, shard_size=5)
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
+    from gan_dist.shard import sha256_file
+    for s in first["shards"]:
+        assert sha256_file(tmp_path / "one" / s["file"]) == s["sha256"]
+        with tarfile.open(tmp_path / "one" / s["file"]) as tar:
+            assert len(tar.getnames()) == s["count"]  # one png member per sample
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path):
+    write_images(tmp_path / "src", 5)
+    (tmp_path / "src" / "broken.jpg").write_bytes(b"not an image at all")
+    (tmp_path / "src" / "notes.txt").write_text("ignored: not an image suffix")
+    m = pack("folder", tmp_path / "out", src=tmp_path / "src", size=8, channels=3)
+    assert m["count"] == 5 and m["inputs"] == 6
+    assert m["skipped"] == {"unreadable": 1} and m["skipped_examples"] == ["broken.jpg"]
+
+
+def test_resize_and_grey_conversion(tmp_path):
+    (tmp_path / "src").mkdir()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "src" / "red.png")
+    pack("folder", tmp_path / "out", src=tmp_path / "src", size=12, channels=1)
+    _, _, images = read_back(tmp_path / "out")
+    assert images[0].shape == (12, 12, 1)
+    assert np.all(images[0] == 76)  # ITU-R 601 luma of pure red
+
+
+def test_embedded_digits_keep_labels(tmp_path):
+    m = pack("digits", tmp_path / "d", size=8, channels=1, shard_size=1000)
+    assert m["count"] == 1797 and m["has_labels"] and len(m["shards"]) == 2
+    sample = next(iter(wds.WebDataset(str(tmp_path / "d" / "train-000000.tar"), shardshuffle=False)))
+    assert int(sample["cls"]) == 0  # load_digits starts with a zero
+
+
+def test_embedded_lfw_subset_faces(tmp_path):
+    m = pack("lfw-subset", tmp_path / "f", size=25, channels=1)
+    assert m["count"] == 100 and not m["has_labels"]
+
+
+def test_repack_replaces_stale_shards_and_leaves_no_partials(tmp_path):
+    write_images(tmp_path / "src", 9)
+    pack("folder", tmp_path / "out", src=tmp_path / "src", size=8, channels=3, shard_size=2)
+    pack("folder", tmp_path / "out", src=tmp_path / "src", size=8, channels=3, shard_size=5)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [MANIFEST, "train-000000.tar", "train-000001.tar"]
+
+
+@pytest.mark.parametrize("setup,args,message", [
+    (lambda p: None, ["folder", "--src", "{tmp}/nope"], "not a directory"),
+    (lambda p: (p / "empty").mkdir(), ["folder", "--src", "{tmp}/empty"], "no images found"),
+    (lambda p: None, ["folder"], "needs --src"),
+])
+def test_cli_errors_name_the_problem(tmp_path, capsys, setup, args, message):
+    setup(tmp_path)
+    argv = [a.format(tmp=tmp_path) for a in args] + ["--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert message in str(exc.value)
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_all_unreadable_raises(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.png").write_bytes(b"garbage")
+    with pytest.raises(PackError, match="none of the 1 inputs"):
+        pack("folder", tmp_path / "out", src=tmp_path / "src")
+    assert not (tmp_path / "out" / MANIFEST).exists()

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from gan_dist.models import GANConfig, build_models
+
+from conftest import run_module
+
+
+def train(data, out, *extra):
+    return run_module("gan_dist.train", "--cpu", "--data", data, "--img_size", 16, "--channels", 1,
+                      "--batch_size", 32, "--n_cpu", 1, "--output_dir", out, "--report_to", "none", *extra)
+
+
+def rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_writes_metrics_samples_and_checkpoints(tmp_path, digits16):
+    out = tmp_path / "run"
+    r = train(digits16, out, "--max_train_steps", 6, "--log_steps", 2, "--sample_interval", 3,
+              "--checkpointing_steps", 4, "--checkpoints_total_limit", 1)
+    assert r.returncode == 0, r.stderr
+    logged = rows(out)
+    assert [row["step"] for row in logged] == [2, 4, 6]
+    for row in logged:
+        assert {"loss_D", "loss_G", "D_real", "D_fake", "img_per_s", "kimg", "epoch"} <= row.keys()
+        assert 0 < row["D_real"] < 1 and 0 < row["D_fake"] < 1 and row["img_per_s"] > 0
+        assert row["global_batch"] == 32
+    assert logged[-1]["kimg"] == pytest.approx(6 * 32 / 1000)
+
+    samples = sorted(p.name for p in (out / "samples").iterdir())
+    assert samples == ["reals_0000000.png", "samples_0000003.png", "samples_0000006.png"]
+    assert Image.open(out / "samples" / "samples_0000006.png").size == (5 * 18 + 2, 5 * 18 + 2)  # 5x5 grid
+
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-6"]  # limit 1 pruned step 4
+    ckpt = out / "checkpoints" / "checkpoint-6"
+    meta = json.loads((ckpt / "gan.json").read_text())
+    assert meta["global_step"] == 6 and meta["gan_config"]["img_size"] == 16
+    G, D = build_models(GANConfig(**meta["gan_config"]))
+    assert load_file(ckpt / "model.safetensors").keys() == G.state_dict().keys()
+    assert load_file(ckpt / "model_1.safetensors").keys() == D.state_dict().keys()
+    assert json.loads((out / "args.json").read_text())["max_train_steps"] == 6
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, digits16):
+    """6 steps + resume to 10 gives bit-identical weights to 10 straight steps."""
+    common = ("--log_steps", 2, "--checkpointing_steps", 6, "--sample_interval", 100)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(digits16, straight, "--max_train_steps", 10, *common).returncode == 0
+    assert train(digits16, resumed, "--max_train_steps", 6, *common).returncode == 0
+    r = train(digits16, resumed, "--max_train_steps", 10, "--resume_from_checkpoint", "latest", *common)
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and "step 6" in r.stdout
+    assert [row["step"] for row in rows(resumed)] == [2, 4, 6, 8, 10]
+    for name in ("model.safetensors", "model_1.safetensors"):
+        a = load_file(straight / "checkpoints" / "checkpoint-10" / name)
+        b = load_file(resumed / "checkpoints" / "checkpoint-10" / name)
+        assert all((a[k] == b[k]).all() for k in a), name
+
+
+def test_resume_latest_without_checkpoint_starts_fresh(tmp_path, digits16):
+    r = train(digits16, tmp_path / "run", "--max_train_steps", 2, "--resume_from_checkpoint", "latest")
+    assert r.returncode == 0, r.stderr
+    assert "starting from scratch" in r.stdout
+
+
+def test_resume_with_other_architecture_is_refused(tmp_path, digits16):
+    assert train(digits16, tmp_path / "run", "--max_train_steps", 2).returncode == 0
+    r = train(digits16, tmp_path / "run", "--max_train_steps", 4, "--latent_dim", 8,
+              "--resume_from_checkpoint", "latest")
+    assert r.returncode != 0 and "use a new --output_dir" in r.stderr
+
+
+@pytest.mark.parametrize("data_arg,extra,message", [
+    ("{tmp}/absent", (), "no such directory"),
+    ("{tmp}/empty", (), "no manifest.json"),
+    ("{digits}", ("--img_size", 32), "pass --img_size 16 --channels 1"),
+    ("{digits}", ("--arch", "dcgan"), "needs --img_size 32, 64 or 128"),
+])
+def test_bad_data_and_options_fail_before_training(tmp_path, digits16, data_arg, extra, message):
+    (tmp_path / "empty").mkdir()
+    data = data_arg.format(tmp=tmp_path, digits=digits16)
+    r = run_module("gan_dist.train", "--cpu", "--data", data, "--img_size", 16, "--channels", 1,
+                   "--output_dir", tmp_path / "run", "--report_to", "none", *extra)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -29,8 +29,9 @@ shards-lfw-subset: install
 	$(BIN)/python -m gan_dist.shard lfw-subset --out $(SHARDS)/lfw-subset --size 32 --channels 1 --shard_size 50
 
 # ---- the demo: the report's MLP GAN on handwritten digits, on the CPU
-DEMO_FLAGS ?= --n_epochs 60 --sample_interval 200 --log_steps 20 --checkpointing_steps 500
+DEMO_FLAGS ?= --n_epochs 150 --sample_interval 500 --log_steps 50 --checkpointing_steps 1000 --checkpoints_total_limit 2
 demo: shards-demo
+	rm -rf $(RUNS)/demo
 	$(BIN)/python -m gan_dist.train --cpu --data $(SHARDS)/digits --img_size 32 --channels 1 \
 		--output_dir $(RUNS)/demo $(DEMO_FLAGS)
 	@echo "demo run directory: $(RUNS)/demo (samples/, metrics.jsonl, checkpoints/, wandb/)"

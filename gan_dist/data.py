@@ -121,6 +121,38 @@ def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, s
     yield from islice(loader, skip, steps_per_epoch)
 
 
+def decoded_gib(manifest):
+    """Size of the whole dataset decoded to uint8, in GiB."""
+    return manifest["count"] * manifest["channels"] * manifest["size"] ** 2 / 2**30
+
+
+def _keyed_decode(sample):
+    return sample["__url__"], sample["__key__"], decode_sample(sample)
+
+
+def load_into_memory(urls, num_workers=0):
+    """Decode every image in `urls` once into one uint8 tensor (N, C, H, W), in (shard, key) order."""
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(urls), wds.split_by_worker, wds.tarfile_to_samples(),
+        wds.map(_keyed_decode))
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=min(num_workers, len(urls)),
+                                         generator=torch.Generator())  # leave the global RNG alone
+    samples = sorted(loader, key=lambda s: s[:2])  # the same order whatever the worker count
+    return torch.stack([img for _, _, img in samples])
+
+
+def memory_epoch_batches(images, batch_size, steps_per_epoch, seed, epoch, rank, world_size, skip=0):
+    """Yield this rank's batches of `epoch` from images held in memory: a true epoch.
+
+    One permutation per epoch, the same on every rank, is dealt out rank by rank, so
+    within an epoch no image is used twice across ranks.
+    """
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(wds.utils.make_seed(seed, epoch)))
+    mine = perm[rank::world_size][: steps_per_epoch * batch_size]
+    for i in range(skip, steps_per_epoch):
+        yield images[mine[i * batch_size:(i + 1) * batch_size]]
+
+
 def to_device_float(batch, device):
     """uint8 (B, C, H, W) on the host -> float in [-1, 1] on `device`."""
     batch = batch.to(device, non_blocking=True)

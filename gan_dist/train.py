@@ -21,7 +21,8 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from gan_dist.checkpoint import TrainState, read_meta, resolve_resume, save_checkpoint
-from gan_dist.data import DataError, check_matches, epoch_batches, first_batch, load_manifest, to_device_float
+from gan_dist.data import (DataError, check_matches, decoded_gib, epoch_batches, first_batch, load_into_memory,
+                           load_manifest, memory_epoch_batches, to_device_float)
 from gan_dist.ddp import DistributedError, check_consistency, check_launch, sync_buffers
 from gan_dist.losses import d_loss, g_loss
 from gan_dist.models import ARCHS, GANConfig, build_models
@@ -37,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--b1", type=float, default=0.5, help="Adam beta1")
     p.add_argument("--b2", type=float, default=0.999, help="Adam beta2")
     p.add_argument("--n_cpu", type=int, default=2, help="data loader worker processes per process")
+    p.add_argument("--cache_gb", type=float, default=4.0,
+                   help="hold the decoded dataset in each process's RAM when it is at most this many GiB "
+                        "(true epochs, no decoding per step); 0 streams from the shards always")
     p.add_argument("--latent_dim", type=int, default=100)
     p.add_argument("--img_size", type=int, default=128)
     p.add_argument("--channels", type=int, default=3)
@@ -87,10 +91,13 @@ def train(args):
     output_dir = Path(args.output_dir)
 
     accelerator = Accelerator(
-        cpu=args.cpu, mixed_precision=args.mixed_precision, log_with=tracker_names(args.report_to),
+        cpu=args.cpu, mixed_precision=args.mixed_precision, log_with=tracker_names(args.report_to) or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")))
     check_launch(accelerator)
     resume_dir = resolve_resume(args.resume_from_checkpoint, output_dir)
+    if args.resume_from_checkpoint is None and any((output_dir / n).exists() for n in ("metrics.jsonl", "checkpoints")):
+        raise DataError(f"--output_dir {output_dir} already holds a run; continue it with "
+                        "--resume_from_checkpoint latest, or pass a new --output_dir")
     if resume_dir is not None and read_meta(resume_dir)["gan_config"] != gan_config.to_dict():
         raise DataError(f"checkpoint {resume_dir} was made for {read_meta(resume_dir)['gan_config']}, "
                         f"not {gan_config.to_dict()}; resume with the same --arch/--img_size/--channels/"
@@ -117,6 +124,19 @@ def train(args):
     steps_per_epoch = max(1, manifest["count"] // global_batch)
     max_train_steps = args.max_train_steps or args.n_epochs * steps_per_epoch
     device = accelerator.device
+    if decoded_gib(manifest) <= args.cache_gb:
+        images = load_into_memory(urls, args.n_cpu)
+        data_desc = f"in memory ({decoded_gib(manifest):.2f} GiB decoded)"
+
+        def batches_of(epoch, skip):
+            return memory_epoch_batches(images, args.batch_size, steps_per_epoch, args.seed, epoch,
+                                        accelerator.process_index, accelerator.num_processes, skip)
+    else:
+        data_desc = f"streamed from {len(urls)} shards by {args.n_cpu} workers"
+
+        def batches_of(epoch, skip):
+            return epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu,
+                                 skip=skip, pin_memory=device.type == "cuda")
     fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
     metrics = MetricsLog(accelerator, output_dir)
     init_trackers(accelerator, args.tracker_project_name, vars(args), output_dir)
@@ -125,6 +145,7 @@ def train(args):
                  output_dir, 0, key="reals")
     accelerator.print(
         f"***** training {args.arch} on {manifest['count']} images {args.img_size}x{args.img_size}x{args.channels} *****\n"
+        f"  data {data_desc}\n"
         f"  processes {accelerator.num_processes} ({accelerator.distributed_type}, {device}), "
         f"mixed precision {accelerator.mixed_precision}\n  batch {args.batch_size} per process, {global_batch} global; "
         f"{steps_per_epoch} steps per epoch; {max_train_steps} steps ({max_train_steps / steps_per_epoch:.1f} epochs)")
@@ -135,10 +156,8 @@ def train(args):
                     dynamic_ncols=True, mininterval=1.0)
     while state.global_step < max_train_steps:
         epoch, skip = divmod(state.global_step, steps_per_epoch)
-        batches = epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu,
-                                skip=skip, pin_memory=device.type == "cuda")
         t_wait = time.perf_counter()
-        for real_u8 in batches:
+        for real_u8 in batches_of(epoch, skip):
             data_wait += time.perf_counter() - t_wait
             real_img = to_device_float(real_u8, device)
             gen_z = torch.randn(real_img.size(0), args.latent_dim, device=device)

@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from gan_dist.data import DataError, check_matches, epoch_batches, load_manifest, to_device_float
+from gan_dist.data import (DataError, check_matches, epoch_batches, load_into_memory, load_manifest,
+                           memory_epoch_batches, to_device_float)
 from gan_dist.shard import MANIFEST
 
 
@@ -76,3 +77,22 @@ def test_size_mismatch_names_the_fix(digits16):
     check_matches(manifest, 16, 1, digits16)
     with pytest.raises(DataError, match="--img_size 16 --channels 1"):
         check_matches(manifest, 128, 3, digits16)
+
+
+def test_in_memory_epochs_deal_disjoint_batches_to_ranks(digits16):
+    _, urls = load_manifest(digits16)
+    images = load_into_memory(urls, num_workers=2)
+    assert images.shape == (1797, 1, 16, 16) and images.dtype == torch.uint8
+    assert torch.equal(images, load_into_memory(urls, num_workers=0))  # order independent of workers
+    steps = 1797 // (2 * 64)
+    per_rank = [torch.cat(list(memory_epoch_batches(images, 64, steps, 0, 0, rank, 2))) for rank in (0, 1)]
+    assert all(len(x) == steps * 64 for x in per_rank)
+    # identity check by index: each image used at most once per epoch across ranks
+    perm_rank0 = list(memory_epoch_batches(torch.arange(1797), 64, steps, 0, 0, 0, 2))
+    perm_rank1 = list(memory_epoch_batches(torch.arange(1797), 64, steps, 0, 0, 1, 2))
+    used = torch.cat(perm_rank0 + perm_rank1)
+    assert len(used) == len(set(used.tolist())) == 2 * steps * 64
+    next_epoch = torch.cat(list(memory_epoch_batches(torch.arange(1797), 64, steps, 0, 1, 0, 2)))
+    assert not torch.equal(next_epoch, torch.cat(perm_rank0))
+    resumed = list(memory_epoch_batches(torch.arange(1797), 64, steps, 0, 0, 0, 2, skip=3))
+    assert all(torch.equal(a, b) for a, b in zip(perm_rank0[3:], resumed)) and len(resumed) == steps - 3

@@ -45,9 +45,10 @@ def test_short_run_writes_metrics_samples_and_checkpoints(tmp_path, digits16):
     assert json.loads((out / "args.json").read_text())["max_train_steps"] == 6
 
 
-def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, digits16):
+@pytest.mark.parametrize("cache_gb", [4, 0], ids=["in_memory", "streamed"])
+def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, digits16, cache_gb):
     """6 steps + resume to 10 gives bit-identical weights to 10 straight steps."""
-    common = ("--log_steps", 2, "--checkpointing_steps", 6, "--sample_interval", 100)
+    common = ("--log_steps", 2, "--checkpointing_steps", 6, "--sample_interval", 100, "--cache_gb", cache_gb)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train(digits16, straight, "--max_train_steps", 10, *common).returncode == 0
     assert train(digits16, resumed, "--max_train_steps", 6, *common).returncode == 0
@@ -59,6 +60,14 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, digits16):
         a = load_file(straight / "checkpoints" / "checkpoint-10" / name)
         b = load_file(resumed / "checkpoints" / "checkpoint-10" / name)
         assert all((a[k] == b[k]).all() for k in a), name
+
+
+def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, digits16):
+    assert train(digits16, tmp_path / "run", "--max_train_steps", 2).returncode == 0
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    r = train(digits16, tmp_path / "run", "--max_train_steps", 2)
+    assert r.returncode != 0 and "already holds a run" in r.stderr
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
 
 
 def test_resume_latest_without_checkpoint_starts_fresh(tmp_path, digits16):

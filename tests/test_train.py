@@ -97,3 +97,19 @@ def test_bad_data_and_options_fail_before_training(tmp_path, digits16, data_arg,
     assert r.returncode != 0
     assert message in r.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_accelerate_launch_and_dcgan(tmp_path):
+    """`accelerate launch gan_dist/train.py` runs the same trainer; DCGAN trains at 32 px."""
+    from conftest import ROOT
+    from gan_dist.shard import pack
+    pack("lfw-subset", tmp_path / "faces", size=32, channels=1)
+    out = tmp_path / "run"
+    r = run_module("accelerate.commands.launch", "--cpu", "--num_processes", 1, "--mixed_precision", "no",
+                   "--num_machines", 1, "--dynamo_backend", "no", str(ROOT / "gan_dist" / "train.py"),
+                   "--data", tmp_path / "faces", "--img_size", 32, "--channels", 1, "--arch", "dcgan",
+                   "--batch_size", 8, "--n_cpu", 0, "--max_train_steps", 3, "--log_steps", 3,
+                   "--output_dir", out, "--report_to", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "checkpoints" / "checkpoint-3" / "gan.json").read_text())["gan_config"]["arch"] == "dcgan"
+    assert rows(out)[-1]["step"] == 3

@@ -24,11 +24,14 @@ class DataError(Exception):
     """The training data is missing, empty or does not match the requested options."""
 
 
-def load_manifest(data):
+def load_manifest(data, shard_url=None):
     """Read `data/manifest.json` and return (manifest, shard URLs).
 
     Args:
-        data: a directory written by `python -m gan_dist.shard`.
+        data: a directory written by `python -m gan_dist.shard` (or holding just its manifest.json).
+        shard_url: where the shards are, if not beside the manifest: a template in which `{file}`
+            becomes each shard's name, e.g. "pipe:aws s3 cp s3://bucket/lfw/{file} -" or
+            "https://host/lfw/{file}" (anything WebDataset opens).
     """
     root = Path(data).expanduser()
     if not root.exists():
@@ -42,11 +45,15 @@ def load_manifest(data):
     shards = [s for s in manifest.get("shards", []) if s["count"] > 0]
     if manifest.get("count", 0) == 0 or not shards:
         raise DataError(f"--data {data}: the pack holds no images; repack it from a source with images")
+    if shard_url:
+        if "{file}" not in shard_url:
+            raise DataError(f"--shard_url {shard_url!r} has no {{file}} placeholder for the shard names")
+        return manifest, [shard_url.replace("{file}", s["file"]) for s in shards]
     urls = [str(root / s["file"]) for s in shards]
     missing = [u for u in urls if not Path(u).is_file()]
     if missing:
         raise DataError(f"--data {data}: {len(missing)} shard(s) named in {MANIFEST} are missing, "
-                        f"e.g. {missing[0]}; repack the directory")
+                        f"e.g. {missing[0]}; repack the directory, or pass --shard_url if they live elsewhere")
     return manifest, urls
 
 

@@ -10,6 +10,10 @@ import hashlib
 import os
 
 import torch
+from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
+
+COMM_HOOKS = {"no": DDPCommunicationHookType.NO, "fp16": DDPCommunicationHookType.FP16,
+              "bf16": DDPCommunicationHookType.BF16}
 
 
 class DistributedError(RuntimeError):
@@ -25,6 +29,26 @@ def check_launch(accelerator):
             f"{accelerator.num_processes} ({accelerator.distributed_type}); each process would train "
             "its own duplicate model. On a machine without GPUs pass --cpu (or set "
             "ACCELERATE_USE_CPU=1); on GPUs check that every process sees a CUDA device.")
+
+
+def ddp_kwargs(bucket_cap_mb=25, comm_hook="no"):
+    """Accelerate kwargs handler for the DDP wrappers of G and D.
+
+    Args:
+        bucket_cap_mb: gradient bucket size; larger buckets mean fewer, larger all-reduces.
+        comm_hook: "fp16"/"bf16" compress gradients to 16 bits for the all-reduce (half the bytes).
+    """
+    return DistributedDataParallelKwargs(bucket_cap_mb=bucket_cap_mb, comm_hook=COMM_HOOKS[comm_hook])
+
+
+def convert_sync_bn(accelerator, *modules):
+    """Replace BatchNorm layers with SyncBatchNorm (batch statistics over all ranks); CUDA only."""
+    if accelerator.num_processes == 1:
+        return modules
+    if accelerator.device.type != "cuda":
+        raise DistributedError("--sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU kernel; "
+                               "drop --sync_bn for CPU runs (rank 0's BatchNorm statistics are broadcast)")
+    return tuple(torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in modules)
 
 
 def sync_buffers(accelerator, modules):

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from gan_dist.checkpoint import TrainState, read_meta, resolve_resume, save_checkpoint
 from gan_dist.data import (DataError, check_matches, decoded_gib, epoch_batches, first_batch, load_into_memory,
                            load_manifest, memory_epoch_batches, to_device_float)
-from gan_dist.ddp import DistributedError, check_consistency, check_launch, sync_buffers
+from gan_dist.ddp import (COMM_HOOKS, DistributedError, check_consistency, check_launch, convert_sync_bn, ddp_kwargs,
+                          sync_buffers)
 from gan_dist.losses import d_loss, g_loss
 from gan_dist.models import ARCHS, GANConfig, build_models
 from gan_dist.tracking import MetricsLog, finish_trackers, init_trackers, log_grid, tracker_names
@@ -47,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--sample_interval", type=int, default=500, help="steps between sample grids")
     # data, model, run
     p.add_argument("--data", required=True, help="shard directory written by `python -m gan_dist.shard`")
+    p.add_argument("--shard_url", default=None,
+                   help="shards elsewhere (object storage, HTTP): a URL with {file} for each shard name, e.g. "
+                        "'pipe:aws s3 cp s3://bucket/lfw/{file} -'; --data then only needs manifest.json")
     p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: the report's networks; dcgan: conv nets")
     p.add_argument("--output_dir", default="runs/gan")
     p.add_argument("--max_train_steps", type=int, default=None, help="overrides --n_epochs when set")
@@ -55,6 +59,11 @@ def parse_args(argv=None):
     p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                    help="default: what `accelerate config`/`accelerate launch` set, else no")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present (gloo when multi-process)")
+    # data parallelism
+    p.add_argument("--sync_bn", action="store_true", help="BatchNorm statistics over the global batch (CUDA)")
+    p.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP gradient bucket size in MiB")
+    p.add_argument("--ddp_comm_hook", choices=sorted(COMM_HOOKS), default="no",
+                   help="compress gradients for the all-reduce (bf16/fp16 halve the bytes sent)")
     # logging and checkpoints
     p.add_argument("--report_to", choices=("wandb", "tensorboard", "all", "none"), default="wandb")
     p.add_argument("--tracker_project_name", default="gan-dist")
@@ -85,13 +94,14 @@ def generate(G, z):
 
 
 def train(args):
-    manifest, urls = load_manifest(args.data)
+    manifest, urls = load_manifest(args.data, args.shard_url)
     check_matches(manifest, args.img_size, args.channels, args.data)
     gan_config = GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
     output_dir = Path(args.output_dir)
 
     accelerator = Accelerator(
         cpu=args.cpu, mixed_precision=args.mixed_precision, log_with=tracker_names(args.report_to) or None,
+        kwargs_handlers=[ddp_kwargs(args.ddp_bucket_cap_mb, args.ddp_comm_hook)],
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")))
     check_launch(accelerator)
     resume_dir = resolve_resume(args.resume_from_checkpoint, output_dir)
@@ -107,7 +117,7 @@ def train(args):
         (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
 
     set_seed(args.seed)  # same initial weights for any world size (DDP also broadcasts rank 0's)
-    G, D = build_models(gan_config)
+    G, D = convert_sync_bn(accelerator, *build_models(gan_config)) if args.sync_bn else build_models(gan_config)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.b1, args.b2))
     G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)

@@ -1,4 +1,6 @@
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,10 +43,36 @@ def run_module(module, *args, env=None, timeout=300, cwd=None):
                           env=full_env, timeout=timeout, cwd=cwd or ROOT)
 
 
-def run_torchrun(script_args, nproc=2, env=None, timeout=300, extra=()):
-    """Launch `torchrun --standalone --nproc_per_node nproc gan_dist/train.py ...`."""
+def launch(cmd, env=None, timeout=300):
+    """Start cmd in its own process group; on timeout kill the whole group and fail as a hang."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1",
                 **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           *extra, str(ROOT / "gan_dist" / "train.py"), *map(str, script_args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT)
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=full_env, cwd=ROOT, start_new_session=True)
+    return proc, timeout
+
+
+def finish(proc, timeout):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"hang: no exit after {timeout} s\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def torchrun_cmd(script_args, nproc=2, rdzv=("--standalone",)):
+    return [sys.executable, "-m", "torch.distributed.run", *rdzv, f"--nproc_per_node={nproc}",
+            ROOT / "gan_dist" / "train.py", *script_args]
+
+
+def run_torchrun(script_args, nproc=2, env=None, timeout=300):
+    """Run `torchrun --standalone --nproc_per_node nproc gan_dist/train.py ...` to completion."""
+    return finish(*launch(torchrun_cmd(script_args, nproc), env, timeout))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from accelerate import debug_launcher
 
-from conftest import run_torchrun
+from conftest import finish, free_port, launch, run_torchrun, torchrun_cmd
 
 
 def test_two_ranks_train_in_sync(tmp_path, digits16):
@@ -57,3 +57,64 @@ def _desync_is_caught():
 
 def test_consistency_check_catches_a_desynchronised_rank():
     debug_launcher(_desync_is_caught, num_processes=2)
+
+
+def rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_uneven_shards_ranks_and_workers_finish_without_hang(tmp_path):
+    """3 shards (34/34/32 images) streamed by 2 ranks x 2 workers: equal step counts, no hang."""
+    from gan_dist.shard import pack
+    m = pack("lfw-subset", tmp_path / "faces", size=8, channels=1, shard_size=34)
+    assert [s["count"] for s in m["shards"]] == [34, 34, 32]
+    out = tmp_path / "run"
+    r = run_torchrun(["--cpu", "--data", tmp_path / "faces", "--img_size", 8, "--channels", 1,
+                      "--batch_size", 8, "--n_cpu", 2, "--cache_gb", 0, "--n_epochs", 2, "--log_steps", 3,
+                      "--checkpointing_steps", 100, "--output_dir", out, "--report_to", "none"], timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "streamed from 3 shards" in r.stdout
+    last = rows(out)[-1]
+    # --n_epochs counts passes at the global batch: 100 images // (8 x 2 ranks) = 6 steps per epoch
+    assert last["step"] == 12 and last["epoch"] == 2.0 and last["global_batch"] == 16
+
+
+def test_two_nodes_on_loopback_train_together(tmp_path, digits16):
+    """Two torchrun "nodes" (node ranks 0 and 1, one process each) form one group of 2."""
+    port, out = free_port(), tmp_path / "run"
+    args = ["--cpu", "--data", digits16, "--img_size", 16, "--channels", 1, "--batch_size", 16, "--n_cpu", 0,
+            "--max_train_steps", 4, "--log_steps", 2, "--checkpointing_steps", 2, "--output_dir", out,
+            "--report_to", "none", "--ddp_comm_hook", "bf16"]
+    nodes = [launch(torchrun_cmd(args, nproc=1, rdzv=("--nnodes=2", f"--node_rank={rank}", "--master_addr=127.0.0.1",
+                                                       f"--master_port={port}")), timeout=180)
+             for rank in (0, 1)]
+    results = [finish(*node) for node in nodes]
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert "processes 2 (DistributedType.MULTI_CPU" in results[0].stdout
+    assert [row["step"] for row in rows(out)] == [2, 4] and rows(out)[0]["global_batch"] == 32
+    # both nodes' processes saved their RNG state into the same checkpoint
+    assert {p.name for p in (out / "checkpoints" / "checkpoint-4").glob("random_states_*.pkl")} == {
+        "random_states_0.pkl", "random_states_1.pkl"}
+
+
+def test_sync_bn_on_cpu_is_refused_with_the_reason(tmp_path, digits16):
+    r = run_torchrun(["--cpu", "--sync_bn", "--data", digits16, "--img_size", 16, "--channels", 1,
+                      "--max_train_steps", 2, "--output_dir", tmp_path / "run", "--report_to", "none"], timeout=180)
+    assert r.returncode != 0 and "SyncBatchNorm has no CPU kernel" in r.stderr
+
+
+def test_launch_recipes_run_and_resume(tmp_path, digits16):
+    """launch/cpu_2proc.sh trains; launch/torchrun_elastic.sh (c10d rendezvous) resumes from its checkpoint."""
+    from conftest import ROOT
+    out = tmp_path / "run"
+    common = ["--cpu", "--data", digits16, "--img_size", 16, "--channels", 1, "--batch_size", 16, "--n_cpu", 0,
+              "--log_steps", 2, "--checkpointing_steps", 2, "--output_dir", out, "--report_to", "none"]
+    r = finish(*launch(["bash", ROOT / "launch" / "cpu_2proc.sh", *common, "--max_train_steps", 2], timeout=180))
+    assert r.returncode == 0, r.stderr[-3000:]
+    env = {"NPROC_PER_NODE": "2", "RDZV_HOST": "127.0.0.1", "RDZV_PORT": str(free_port()), "MAX_RESTARTS": "1"}
+    r = finish(*launch(["bash", ROOT / "launch" / "torchrun_elastic.sh", *common, "--max_train_steps", 4],
+                       env=env, timeout=180))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stdout and "at step 2" in r.stdout
+    assert [row["step"] for row in rows(out)] == [2, 4]

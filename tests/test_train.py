@@ -113,3 +113,14 @@ def test_accelerate_launch_and_dcgan(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "checkpoints" / "checkpoint-3" / "gan.json").read_text())["gan_config"]["arch"] == "dcgan"
     assert rows(out)[-1]["step"] == 3
+
+
+def test_shards_from_a_url_template(tmp_path, digits16):
+    """--shard_url reads shards through any WebDataset URL (here a pipe:), --data only holds the manifest."""
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "manifest.json").write_bytes((digits16 / "manifest.json").read_bytes())
+    out = tmp_path / "run"
+    r = train(tmp_path / "meta", out, "--shard_url", f"pipe:cat {digits16}/{{file}}", "--cache_gb", 0,
+              "--max_train_steps", 2, "--log_steps", 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "streamed from 4 shards" in r.stdout and rows(out)[-1]["step"] == 2

@@ -33,26 +33,42 @@ def _wandb_has_credentials():
 
 
 def init_trackers(accelerator, project_name, config, output_dir):
-    """Start the Accelerator's trackers on the main process; on failure warn and go on without them."""
+    """Start the Accelerator's trackers on the main process; on failure warn and go on without them.
+
+    W&B's own variables win over our defaults: WANDB_DIR (else the run directory), WANDB_NAME
+    (else the run directory's name), WANDB_MODE (else offline when no API key is found).
+    """
     if not accelerator.is_main_process or not accelerator.log_with:
         return
-    wandb_kwargs = {"dir": str(output_dir), "name": Path(output_dir).name}
+    wandb_kwargs = {}
+    if "WANDB_DIR" not in os.environ:
+        wandb_kwargs["dir"] = str(output_dir)
+    if "WANDB_NAME" not in os.environ:
+        wandb_kwargs["name"] = Path(output_dir).resolve().name
     if "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
         wandb_kwargs["mode"] = "offline"
     try:
         accelerator.init_trackers(project_name, config=config, init_kwargs={"wandb": wandb_kwargs})
+        for tracker in accelerator.trackers:
+            if tracker.name == "wandb":  # charts against images seen, comparable across batch sizes
+                tracker.run.define_metric("kimg")
+                tracker.run.define_metric("*", step_metric="kimg")
     except Exception as e:  # a dashboard must never cost the run
         accelerator.print(f"warning: could not start trackers {accelerator.log_with} ({e!r}); "
                           "training continues; metrics.jsonl and samples/ are still written")
         accelerator.trackers = []
 
 
-def finish_trackers(accelerator, output_dir):
-    """End trackers; tell the user how to upload an offline W&B run."""
-    offline = any(t.name == "wandb" and getattr(t.run, "settings", None) is not None
-                  and t.run.settings.mode == "offline" for t in accelerator.trackers)
+def finish_run(accelerator, output_dir):
+    """End the trackers, write the report (main process), and say how to upload an offline W&B run."""
+    offline = any(t.name == "wandb" and t.run.settings.mode == "offline" for t in accelerator.trackers)
     accelerator.end_training()
-    if offline and accelerator.is_main_process:
+    if not accelerator.is_main_process:
+        return
+    from gan_dist.report import write_report
+    png, html = write_report(output_dir)
+    print(f"report: {png} and {html}")
+    if offline:
         print(f"W&B ran offline; upload with: wandb sync {Path(output_dir) / 'wandb'}/offline-run-*")
 
 
@@ -64,7 +80,10 @@ class MetricsLog:
         self.path = Path(output_dir) / "metrics.jsonl"
 
     def log(self, row, step):
-        self.accelerator.log(row, step=step)
+        try:
+            self.accelerator.log(row, step=step)
+        except Exception as e:
+            self.accelerator.print(f"warning: trackers could not log step {step}: {e!r}")
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": step, **row}) + "\n")

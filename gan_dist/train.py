@@ -11,6 +11,7 @@ directory (--output_dir) gets args.json, metrics.jsonl, samples/ and checkpoints
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ from gan_dist.ddp import (COMM_HOOKS, DistributedError, check_consistency, check
                           sync_buffers)
 from gan_dist.losses import d_loss, g_loss
 from gan_dist.models import ARCHS, GANConfig, build_models
-from gan_dist.tracking import MetricsLog, finish_trackers, init_trackers, log_grid, tracker_names
+from gan_dist.stats import TRAIN_KEYS, IntervalStats, grad_norm
+from gan_dist.tracking import MetricsLog, finish_run, init_trackers, log_grid, tracker_names
 
 
 def parse_args(argv=None):
@@ -66,7 +68,8 @@ def parse_args(argv=None):
                    help="compress gradients for the all-reduce (bf16/fp16 halve the bytes sent)")
     # logging and checkpoints
     p.add_argument("--report_to", choices=("wandb", "tensorboard", "all", "none"), default="wandb")
-    p.add_argument("--tracker_project_name", default="gan-dist")
+    p.add_argument("--tracker_project_name", default=os.environ.get("WANDB_PROJECT", "gan-dist"),
+                   help="W&B project (default: $WANDB_PROJECT, else gan-dist)")
     p.add_argument("--log_steps", type=int, default=50, help="steps between metrics rows")
     p.add_argument("--checkpointing_steps", type=int, default=1000)
     p.add_argument("--checkpoints_total_limit", type=int, default=None)
@@ -160,15 +163,15 @@ def train(args):
         f"mixed precision {accelerator.mixed_precision}\n  batch {args.batch_size} per process, {global_batch} global; "
         f"{steps_per_epoch} steps per epoch; {max_train_steps} steps ({max_train_steps / steps_per_epoch:.1f} epochs)")
 
-    stat_sum = torch.zeros(4, device=device)  # loss_D, loss_G, D_real, D_fake summed since the last log
-    stat_n, data_wait, t_log = 0, 0.0, time.perf_counter()
-    progress = tqdm(total=max_train_steps, initial=state.global_step, disable=not accelerator.is_main_process,
-                    dynamic_ncols=True, mininterval=1.0)
+    stats = IntervalStats(device)
+    interactive = sys.stderr.isatty()  # a live bar on a terminal, plain lines in log files
+    progress = tqdm(total=max_train_steps, initial=state.global_step, mininterval=1.0, dynamic_ncols=True,
+                    disable=not (accelerator.is_main_process and interactive))
     while state.global_step < max_train_steps:
         epoch, skip = divmod(state.global_step, steps_per_epoch)
         t_wait = time.perf_counter()
         for real_u8 in batches_of(epoch, skip):
-            data_wait += time.perf_counter() - t_wait
+            stats.data_wait += time.perf_counter() - t_wait
             real_img = to_device_float(real_u8, device)
             gen_z = torch.randn(real_img.size(0), args.latent_dim, device=device)
 
@@ -179,6 +182,9 @@ def train(args):
                 loss_D = d_loss(real_logits, fake_logits)
             opt_D.zero_grad(set_to_none=True)
             accelerator.backward(loss_D)  # one backward for both D forwards: one all-reduce, no desync
+            log_now = (state.global_step + 1) % args.log_steps == 0 or state.global_step + 1 == max_train_steps
+            if log_now:
+                stats.note(grad_norm_D=grad_norm(D, accelerator.scaler), lr_D=opt_D.param_groups[0]["lr"])
             opt_D.step()
 
             # ---- (2) G step: maximize log D(G(z)); D frozen so its DDP reducer stays idle
@@ -187,31 +193,28 @@ def train(args):
                 loss_G = g_loss(D(gen_img))
             opt_G.zero_grad(set_to_none=True)
             accelerator.backward(loss_G)
+            if log_now:
+                stats.note(grad_norm_G=grad_norm(G, accelerator.scaler), lr_G=opt_G.param_groups[0]["lr"])
             opt_G.step()
             D.requires_grad_(True)
 
             # ---- bookkeeping: stats; every N steps log / sample / check and checkpoint
             state.global_step += 1
             progress.update(1)
-            stat_sum += torch.stack([loss_D.detach(), loss_G.detach(), torch.sigmoid(real_logits.detach()).mean(),
-                                     torch.sigmoid(fake_logits.detach()).mean()]).float()
-            stat_n += 1
+            stats.add(loss_D, loss_G, real_logits, fake_logits)
             step = state.global_step
             done = step >= max_train_steps
-            if step % args.log_steps == 0 or done:
-                loss_d, loss_g, d_real, d_fake = (accelerator.reduce(stat_sum, "mean") / stat_n).tolist()
-                if not all(map(math.isfinite, (loss_d, loss_g))):
-                    raise FloatingPointError(f"non-finite loss at step {step}: loss_D={loss_d} loss_G={loss_g}; "
-                                             "lower --lr or resume from the last checkpoint")
-                dt = time.perf_counter() - t_log
-                metrics.log({"loss_D": loss_d, "loss_G": loss_g, "D_real": d_real, "D_fake": d_fake,
-                             "img_per_s": stat_n * global_batch / dt, "data_wait": data_wait / dt,
-                             "epoch": step / steps_per_epoch, "kimg": step * global_batch / 1000,
+            if log_now:
+                row = stats.collect(accelerator, global_batch)
+                if not (math.isfinite(row["loss_D"]) and math.isfinite(row["loss_G"])):
+                    raise FloatingPointError(f"non-finite loss at step {step}: loss_D={row['loss_D']} "
+                                             f"loss_G={row['loss_G']}; lower --lr or resume from the last checkpoint")
+                metrics.log({**row, "epoch": step / steps_per_epoch, "kimg": step * global_batch / 1000,
                              "global_batch": global_batch}, step)
-                progress.set_postfix(loss_D=f"{loss_d:.3f}", loss_G=f"{loss_g:.3f}",
-                                     img_s=f"{stat_n * global_batch / dt:.0f}", refresh=False)
-                stat_sum.zero_()
-                stat_n, data_wait, t_log = 0, 0.0, time.perf_counter()
+                summary = " ".join(f"{k} {row[k]:.3f}" for k in TRAIN_KEYS) + f" img/s {row['img_per_s']:.0f}"
+                progress.set_postfix_str(summary, refresh=False)
+                if not interactive:
+                    accelerator.print(f"step {step}/{max_train_steps} {summary}")
             if step % args.sample_interval == 0 or done:
                 log_grid(accelerator, generate(accelerator.unwrap_model(G), fixed_z), output_dir, step)
             if step % args.checkpointing_steps == 0 or done:
@@ -222,7 +225,7 @@ def train(args):
                 break
             t_wait = time.perf_counter()
     progress.close()
-    finish_trackers(accelerator, output_dir)
+    finish_run(accelerator, output_dir)
     accelerator.print(f"done: {state.global_step} steps; run directory {output_dir}")
 
 

@@ -38,3 +38,33 @@ demo: shards-demo
 
 clean:
 	rm -rf $(RUNS) $(SHARDS)/*/ .pytest_cache
+
+# ---- datasets (issue 3): download (cached, checksummed), crop, resize, shard into $(SHARDS)/NAME/
+SIZE ?= 64
+CHANNELS ?= 3
+FORMAT ?= png
+CENTER_CROP ?=
+CROPS ?=
+SEED ?= 0
+SRC ?=
+SHA256 ?=
+LOL_VERSION ?=
+SHARD_FLAGS = --size $(SIZE) --channels $(CHANNELS) --format $(FORMAT) --seed $(SEED) \
+	$(if $(CENTER_CROP),--center_crop $(CENTER_CROP)) $(if $(CROPS),--crops_per_image $(CROPS)) \
+	$(if $(SHA256),--sha256 $(SHA256))
+.PHONY: shards shards-lfw shards-anime shards-lol
+
+shards-lfw: install
+	$(BIN)/python -m gan_dist.shard lfw --out $(SHARDS)/lfw $(if $(SRC),--src $(SRC)) $(SHARD_FLAGS)
+
+shards-anime: install
+	$(BIN)/python -m gan_dist.shard anime --out $(SHARDS)/anime $(if $(SRC),--src $(SRC)) $(SHARD_FLAGS)
+
+shards-lol: install
+	$(BIN)/python -m gan_dist.shard lol --out $(SHARDS)/lol $(if $(SRC),--src $(SRC)) \
+		$(if $(LOL_VERSION),--version $(LOL_VERSION)) $(SHARD_FLAGS)
+
+# make shards SRC=PATH_OR_URL NAME=name: a folder, a .tgz/.tar/.zip, or a URL of one
+shards: install
+	@test -n "$(SRC)" -a -n "$(NAME)" || { echo "usage: make shards SRC=PATH_OR_URL NAME=name [SIZE=64 ...]"; exit 2; }
+	$(BIN)/python -m gan_dist.shard archive --src $(SRC) --out $(SHARDS)/$(NAME) $(SHARD_FLAGS)

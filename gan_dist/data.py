@@ -68,10 +68,13 @@ def check_matches(manifest, img_size, channels, data):
 
 
 def decode_sample(sample):
-    """PNG/JPEG bytes -> uint8 tensor (C, H, W)."""
-    for key in ("png", "jpg", "jpeg"):
+    """PNG/JPEG bytes or a raw uint8 .npy array -> uint8 tensor (C, H, W)."""
+    for key in ("png", "jpg", "jpeg", "npy"):
         if key in sample:
-            arr = np.asarray(Image.open(io.BytesIO(sample[key])))
+            if key == "npy":
+                arr = np.load(io.BytesIO(sample[key]), allow_pickle=False)
+            else:
+                arr = np.asarray(Image.open(io.BytesIO(sample[key])))
             break
     else:
         raise ValueError(f"sample {sample.get('__key__')} has no image (keys: {sorted(sample)})")

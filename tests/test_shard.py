@@ -55,7 +55,8 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     (tmp_path / "src" / "notes.txt").write_text("ignored: not an image suffix")
     m = pack("folder", tmp_path / "out", src=tmp_path / "src", size=8, channels=3)
     assert m["count"] == 5 and m["inputs"] == 6
-    assert m["skipped"] == {"unreadable": 1} and m["skipped_examples"] == ["broken.jpg"]
+    assert m["skipped"] == {"unreadable": 1, "duplicate": 0, "unsafe_path": 0, "download_failed": 0}
+    assert m["skipped_examples"] == ["broken.jpg"]
 
 
 def test_resize_and_grey_conversion(tmp_path):
@@ -107,3 +108,21 @@ def test_all_unreadable_raises(tmp_path):
     with pytest.raises(PackError, match="none of the 1 inputs"):
         pack("folder", tmp_path / "out", src=tmp_path / "src")
     assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("fmt,key,tolerance", [("npy", "npy", 0), ("jpg", "jpg", 3)])
+def test_other_storage_formats_decode(tmp_path, fmt, key, tolerance):
+    ramp = np.linspace(0, 255, 16, dtype=np.uint8)
+    originals = [np.stack([ramp[None, :].repeat(16, 0), ramp[:, None].repeat(16, 1), np.full((16, 16), 30 * i)],
+                          -1).astype(np.uint8) for i in range(4)]  # smooth, as photos are
+    for i, arr in enumerate(originals):
+        (tmp_path / "src").mkdir(exist_ok=True)
+        Image.fromarray(arr).save(tmp_path / "src" / f"{i}.png")
+    m = pack("folder", tmp_path / "out", src=tmp_path / "src", size=16, channels=3, fmt=fmt, quality=95)
+    assert m["image_format"] == fmt
+    sample = next(iter(wds.WebDataset(str(tmp_path / "out" / "train-000000.tar"), shardshuffle=False)))
+    assert key in sample
+    _, _, images = read_back(tmp_path / "out")
+    for got, want in zip(images, originals):
+        assert got.shape == want.shape
+        assert np.abs(got.astype(int) - want).mean() <= tolerance

@@ -1,32 +1,23 @@
 """Checkpoints: Accelerate's save_state/load_state, made atomic, named by step and pruned.
 
 A checkpoint is `OUTPUT_DIR/checkpoints/checkpoint-STEP/` holding Accelerate's files
-(`model.safetensors` = G, `model_1.safetensors` = D, both optimizers, every rank's RNG
-state, the registered train state) plus `gan.json` (architecture and step). It is
-written to `.checkpoint-STEP.partial` and renamed when every rank has finished, so a
-directory named `checkpoint-STEP` is always complete.
+(`model.safetensors` = G, `model_1.safetensors` = D, `optimizer.bin`/`optimizer_1.bin`,
+`scaler.pt` with fp16, `random_states_RANK.pkl` for every rank; all loaded with
+`weights_only=True`) plus `gan.json`: the networks' config and the run's position (step,
+epoch, batch within the epoch, images seen, skipped samples). It is written to
+`.checkpoint-STEP.partial` and renamed when every rank has finished, so a directory named
+`checkpoint-STEP` is always complete; a run killed while saving leaves only the previous one.
 """
 import json
 import re
 import shutil
 from pathlib import Path
 
+import torch
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 META = "gan.json"
 WEIGHT_FILES = {"G": "model.safetensors", "D": "model_1.safetensors"}  # order of prepare()
-
-
-class TrainState:
-    """Counters that must survive a resume; registered with `accelerator.register_for_checkpointing`."""
-
-    def __init__(self):
-        self.global_step = 0
-
-    def state_dict(self):
-        return {"global_step": self.global_step}
-
-    def load_state_dict(self, state):
-        self.global_step = int(state["global_step"])
 
 
 def list_checkpoints(output_dir):
@@ -51,12 +42,30 @@ def resolve_resume(resume_from, output_dir):
     return path
 
 
+def remove_partials(output_dir):
+    """Delete checkpoints a killed run left half-written (never read, only in the way)."""
+    root = Path(output_dir) / "checkpoints"
+    for leftover in [*root.glob(".checkpoint-*.partial"), *root.glob(".checkpoint-*.old")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def read_meta(path):
     return json.loads((Path(path) / META).read_text())
 
 
-def save_checkpoint(accelerator, output_dir, step, gan_config, total_limit=None):
+def check_finite(modules, step):
+    """Raise FloatingPointError naming the network if any parameter is NaN or infinite."""
+    for name, module in modules.items():
+        if not all(torch.isfinite(p).all() for p in module.parameters()):
+            raise FloatingPointError(f"{name} has non-finite weights at step {step}; not saving them. "
+                                     "Resume from the last checkpoint with a lower --lr")
+
+
+def save_checkpoint(accelerator, output_dir, step, gan_config, position, total_limit=None):
     """Write checkpoint-STEP atomically on all ranks; keep at most `total_limit` checkpoints.
+
+    Args:
+        position: JSON-able counters of the run (epoch, images seen, ...), stored in gan.json.
 
     Every rank must call this (save_state and the barriers are collectives).
     """
@@ -69,11 +78,14 @@ def save_checkpoint(accelerator, output_dir, step, gan_config, total_limit=None)
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (partial / META).write_text(json.dumps(
-            {"global_step": step, "gan_config": gan_config.to_dict(), "weights": WEIGHT_FILES}, indent=2))
-        if final.exists():  # same step saved twice (e.g. the end of a resumed, finished run)
-            shutil.rmtree(final)
+        meta = {"global_step": step, **position, "gan_config": gan_config.to_dict(), "weights": WEIGHT_FILES}
+        (partial / META).write_text(json.dumps(meta, indent=2))
+        replaced = root / f".checkpoint-{step}.old"
+        if final.exists():  # the same step trained again after resuming from an older checkpoint
+            shutil.rmtree(replaced, ignore_errors=True)
+            final.rename(replaced)
         partial.rename(final)
+        shutil.rmtree(replaced, ignore_errors=True)
         if total_limit:
             for _, old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old)

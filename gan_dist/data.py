@@ -9,6 +9,7 @@ Batches stay uint8 until they reach the device; `to_device_float` scales them th
 """
 import io
 import json
+import sys
 from itertools import islice
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from gan_dist.preemption import ignore_stop_signals
 from gan_dist.shard import MANIFEST
 
 
@@ -83,8 +85,54 @@ def decode_sample(sample):
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def collate(images):
-    return torch.stack(images)
+def _decode_or_none(sample):
+    if sample is None:  # a sample a damaged shard should have held
+        return None
+    try:
+        return decode_sample(sample)
+    except Exception:  # a corrupt or truncated image: counted as skipped downstream
+        return None
+
+
+def _decode_batches(src, batch_size):
+    """Samples (None for one a damaged shard should have held) -> (uint8 batch (B, C, H, W), skipped since the
+    last batch). One stage rather than wds.map + wds.batched: wds.map drops None, which we need to count."""
+    images, skipped = [], 0
+    for sample in src:
+        img = _decode_or_none(sample)
+        if img is None:
+            skipped += 1
+            continue
+        images.append(img)
+        if len(images) == batch_size:
+            yield torch.stack(images), skipped
+            images, skipped = [], 0
+
+
+def _skip_bad_shard(exn):
+    """WebDataset handler: report an unreadable shard or truncated tar by name, go on without sleeping."""
+    print(f"warning: skipping unreadable shard data: {exn!r}", file=sys.stderr)
+    return True
+
+
+def shard_counts(manifest, urls):
+    """{url: images the manifest promises} for the URLs load_manifest returned."""
+    return dict(zip(urls, (s["count"] for s in manifest["shards"] if s["count"] > 0)))
+
+
+def _checked_shard_samples(src, expected):
+    """Shards -> samples; a shard that yields fewer samples than `expected` says (a tar cut short at a
+    member boundary reads as a clean end) is reported, and its missing samples come out as None."""
+    for shard in src:
+        n = 0
+        for sample in wds.tarfile_to_samples(handler=_skip_bad_shard)([shard]):
+            n += 1
+            yield sample
+        missing = (expected or {}).get(shard["url"], n) - n
+        if missing > 0:
+            print(f"warning: shard {shard['url']} gave {n} of {n + missing} samples (truncated or damaged)",
+                  file=sys.stderr)
+            yield from [None] * missing
 
 
 class _WorkerShuffle(wds.detshuffle):
@@ -95,22 +143,21 @@ class _WorkerShuffle(wds.detshuffle):
         return super().run(src)
 
 
-def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000):
-    """An endless, seeded WebDataset pipeline of uint8 batches (B, C, H, W)."""
+def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000, expected=None):
+    """An endless, seeded WebDataset pipeline of (uint8 batch (B, C, H, W), images skipped)."""
     epoch_seed = wds.utils.make_seed(seed, epoch)
     return wds.DataPipeline(
         # deterministic=True: the seed is (rank, worker, epoch_seed), never the clock
         wds.ResampledShards(urls, seed=epoch_seed, deterministic=True),
-        wds.tarfile_to_samples(),
+        wds.pipelinefilter(_checked_shard_samples)(expected),
         _WorkerShuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=epoch_seed),
-        wds.map(decode_sample),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
+        wds.pipelinefilter(_decode_batches)(batch_size),
     )
 
 
 def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, skip=0,
-                  pin_memory=False):
-    """Yield exactly `steps_per_epoch - skip` uint8 batches of this rank's stream for `epoch`.
+                  pin_memory=False, expected=None):
+    """Yield exactly `steps_per_epoch - skip` (uint8 batch, images skipped) of this rank's stream for `epoch`.
 
     Args:
         urls: shard paths or URLs.
@@ -121,10 +168,11 @@ def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, s
         num_workers: DataLoader worker processes (0 reads in this process).
         skip: batches already consumed in this epoch (resume).
         pin_memory: pin host memory for faster, non-blocking copies to a GPU.
+        expected: {url: sample count} from the manifest, to count samples of truncated shards as skipped.
     """
     loader = torch.utils.data.DataLoader(
-        image_stream(urls, batch_size, seed, epoch), batch_size=None, num_workers=num_workers,
-        pin_memory=pin_memory,
+        image_stream(urls, batch_size, seed, epoch, expected=expected), batch_size=None, num_workers=num_workers,
+        pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
         # An explicit generator keeps the loader from drawing from the global torch RNG,
         # which would shift every later noise sample (and break exact resume).
         generator=torch.Generator().manual_seed(seed))
@@ -137,22 +185,28 @@ def decoded_gib(manifest):
 
 
 def _keyed_decode(sample):
-    return sample["__url__"], sample["__key__"], decode_sample(sample)
+    if sample is None:
+        return "", "", None
+    return sample["__url__"], sample["__key__"], _decode_or_none(sample)
 
 
-def load_into_memory(urls, num_workers=0):
-    """Decode every image in `urls` once into one uint8 tensor (N, C, H, W), in (shard, key) order."""
+def load_into_memory(urls, num_workers=0, expected=None):
+    """Decode every image in `urls` once; return (uint8 tensor (N, C, H, W) in (shard, key) order, images skipped)."""
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(urls), wds.split_by_worker, wds.tarfile_to_samples(),
+        wds.SimpleShardList(urls), wds.split_by_worker, wds.pipelinefilter(_checked_shard_samples)(expected),
         wds.map(_keyed_decode))
     loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=min(num_workers, len(urls)),
+                                         worker_init_fn=ignore_stop_signals,
                                          generator=torch.Generator())  # leave the global RNG alone
     samples = sorted(loader, key=lambda s: s[:2])  # the same order whatever the worker count
-    return torch.stack([img for _, _, img in samples])
+    images = [img for _, _, img in samples if img is not None]
+    if not images:
+        raise DataError(f"none of the {len(samples)} images in the shards could be decoded; repack the data")
+    return torch.stack(images), len(samples) - len(images)
 
 
 def memory_epoch_batches(images, batch_size, steps_per_epoch, seed, epoch, rank, world_size, skip=0):
-    """Yield this rank's batches of `epoch` from images held in memory: a true epoch.
+    """Yield this rank's (batch, 0) of `epoch` from images held in memory: a true epoch.
 
     One permutation per epoch, the same on every rank, is dealt out rank by rank, so
     within an epoch no image is used twice across ranks.
@@ -160,7 +214,7 @@ def memory_epoch_batches(images, batch_size, steps_per_epoch, seed, epoch, rank,
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(wds.utils.make_seed(seed, epoch)))
     mine = perm[rank::world_size][: steps_per_epoch * batch_size]
     for i in range(skip, steps_per_epoch):
-        yield images[mine[i * batch_size:(i + 1) * batch_size]]
+        yield images[mine[i * batch_size:(i + 1) * batch_size]], 0
 
 
 def to_device_float(batch, device):
@@ -171,4 +225,4 @@ def to_device_float(batch, device):
 
 def first_batch(urls, n, seed):
     """n images drawn from the shards with `seed`, read in this process (for a grid of reals)."""
-    return next(epoch_batches(urls, n, 1, seed, epoch=0, num_workers=0))
+    return next(epoch_batches(urls, n, 1, seed, epoch=0, num_workers=0))[0]

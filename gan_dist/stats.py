@@ -23,7 +23,7 @@ class IntervalStats:
 
     def reset(self):
         self.sums.zero_()
-        self.steps, self.data_wait, self.start = 0, 0.0, time.perf_counter()
+        self.steps, self.data_wait, self.skipped, self.start = 0, 0.0, 0, time.perf_counter()
         self.latest = {}
 
     def add(self, loss_D, loss_G, real_logits, fake_logits):
@@ -37,11 +37,12 @@ class IntervalStats:
         self.latest.update(values)
 
     def collect(self, accelerator, global_batch):
-        """Means over the interval and over ranks, throughput, timing and notes; then reset."""
+        """Means over the interval and over ranks, throughput, timing, skipped samples (all ranks) and notes; then reset."""
         means = (accelerator.reduce(self.sums, "mean") / self.steps).tolist()
+        skipped = int(accelerator.reduce(torch.tensor([float(self.skipped)], device=self.device), "sum").item())
         seconds = time.perf_counter() - self.start
         row = dict(zip(TRAIN_KEYS, means), img_per_s=self.steps * global_batch / seconds,
-                   sec_per_step=seconds / self.steps, data_wait=self.data_wait / seconds)
+                   sec_per_step=seconds / self.steps, data_wait=self.data_wait / seconds, skipped_samples=skipped)
         row.update({k: float(v) for k, v in self.latest.items()})
         if self.device.type == "cuda":
             row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30

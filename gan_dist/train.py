@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,13 +22,14 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from gan_dist.checkpoint import TrainState, read_meta, resolve_resume, save_checkpoint
+from gan_dist.checkpoint import check_finite, read_meta, remove_partials, resolve_resume, save_checkpoint
 from gan_dist.data import (DataError, check_matches, decoded_gib, epoch_batches, first_batch, load_into_memory,
-                           load_manifest, memory_epoch_batches, to_device_float)
+                           load_manifest, memory_epoch_batches, shard_counts, to_device_float)
 from gan_dist.ddp import (COMM_HOOKS, DistributedError, check_consistency, check_launch, convert_sync_bn, ddp_kwargs,
                           sync_buffers)
 from gan_dist.losses import d_loss, g_loss
 from gan_dist.models import ARCHS, GANConfig, build_models
+from gan_dist.preemption import EXIT_PREEMPTED, StopSignal
 from gan_dist.stats import TRAIN_KEYS, IntervalStats, grad_norm
 from gan_dist.tracking import MetricsLog, finish_run, init_trackers, log_grid, tracker_names
 
@@ -74,6 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpointing_steps", type=int, default=1000)
     p.add_argument("--checkpoints_total_limit", type=int, default=None)
     p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-STEP directory or 'latest'")
+    p.add_argument("--max_skip_fraction", type=float, default=0.01,
+                   help="stop when more than this fraction of samples read could not be decoded")
     args = p.parse_args(argv)
     for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples"):
         if getattr(args, name) < 1:
@@ -96,64 +100,92 @@ def generate(G, z):
     return images
 
 
+class UsageError(Exception):
+    """A problem with the run's options or directories that the user has to fix."""
+
+
+def check_output_dir(output_dir, resume_from):
+    """Fail before any work if output_dir is not writable, or holds a run we were not asked to resume."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=output_dir).close()
+    except OSError as e:
+        raise UsageError(f"--output_dir {output_dir} is not writable ({e.strerror}); pass a directory you can write")
+    if resume_from is None and any((output_dir / n).exists() for n in ("metrics.jsonl", "checkpoints")):
+        raise UsageError(f"--output_dir {output_dir} already holds a run; continue it with "
+                         "--resume_from_checkpoint latest, or pass a new --output_dir")
+
+
+def data_source(args, manifest, urls, accelerator, steps_per_epoch):
+    """Return (batches_of(epoch, skip) -> iterator of (uint8 batch, skipped), description, skipped at load)."""
+    if decoded_gib(manifest) <= args.cache_gb:
+        images, skipped = load_into_memory(urls, args.n_cpu, shard_counts(manifest, urls))
+        if skipped / (skipped + len(images)) > args.max_skip_fraction:
+            raise DataError(f"{skipped} of {skipped + len(images)} images in {args.data} could not be decoded, "
+                            f"above --max_skip_fraction {args.max_skip_fraction}; repack the shards")
+
+        def batches_of(epoch, skip):
+            return memory_epoch_batches(images, args.batch_size, steps_per_epoch, args.seed, epoch,
+                                        accelerator.process_index, accelerator.num_processes, skip)
+        return batches_of, f"in memory ({decoded_gib(manifest):.2f} GiB decoded)", skipped
+
+    def batches_of(epoch, skip):
+        return epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu, skip=skip,
+                             pin_memory=accelerator.device.type == "cuda", expected=shard_counts(manifest, urls))
+    return batches_of, f"streamed from {len(urls)} shards by {args.n_cpu} workers", 0
+
+
 def train(args):
     manifest, urls = load_manifest(args.data, args.shard_url)
     check_matches(manifest, args.img_size, args.channels, args.data)
     gan_config = GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
     output_dir = Path(args.output_dir)
+    check_output_dir(output_dir, args.resume_from_checkpoint)
+    resume_dir = resolve_resume(args.resume_from_checkpoint, output_dir)
+    meta = read_meta(resume_dir) if resume_dir is not None else {}
+    if meta and meta["gan_config"] != gan_config.to_dict():
+        raise UsageError(f"checkpoint {resume_dir} was made for {meta['gan_config']}, not {gan_config.to_dict()}; "
+                         "resume with the same --arch/--img_size/--channels/--latent_dim or use a new --output_dir")
 
     accelerator = Accelerator(
         cpu=args.cpu, mixed_precision=args.mixed_precision, log_with=tracker_names(args.report_to) or None,
         kwargs_handlers=[ddp_kwargs(args.ddp_bucket_cap_mb, args.ddp_comm_hook)],
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")))
     check_launch(accelerator)
-    resume_dir = resolve_resume(args.resume_from_checkpoint, output_dir)
-    if args.resume_from_checkpoint is None and any((output_dir / n).exists() for n in ("metrics.jsonl", "checkpoints")):
-        raise DataError(f"--output_dir {output_dir} already holds a run; continue it with "
-                        "--resume_from_checkpoint latest, or pass a new --output_dir")
-    if resume_dir is not None and read_meta(resume_dir)["gan_config"] != gan_config.to_dict():
-        raise DataError(f"checkpoint {resume_dir} was made for {read_meta(resume_dir)['gan_config']}, "
-                        f"not {gan_config.to_dict()}; resume with the same --arch/--img_size/--channels/"
-                        "--latent_dim or use a new --output_dir")
+    stopper = StopSignal(accelerator)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        remove_partials(output_dir)
 
     set_seed(args.seed)  # same initial weights for any world size (DDP also broadcasts rank 0's)
     G, D = convert_sync_bn(accelerator, *build_models(gan_config)) if args.sync_bn else build_models(gan_config)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.b1, args.b2))
     G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
-    state = TrainState()
-    accelerator.register_for_checkpointing(state)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise
-    if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))  # weights, optimizers, step and every rank's RNG
-        accelerator.print(f"resumed from {resume_dir} at step {state.global_step}")
-    elif args.resume_from_checkpoint:
-        accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
-
     global_batch = args.batch_size * accelerator.num_processes
     steps_per_epoch = max(1, manifest["count"] // global_batch)
     max_train_steps = args.max_train_steps or args.n_epochs * steps_per_epoch
+    global_step = meta.get("global_step", 0)
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))  # weights, optimizers, scaler and every rank's RNG
+        for opt in (opt_G, opt_D):  # the command line wins over the saved rate (e.g. a lower --lr after a NaN)
+            for group in opt.param_groups:
+                group["lr"] = args.lr
+        accelerator.print(f"resumed from {resume_dir} at step {global_step}")
+        if meta["global_batch"] != global_batch:
+            accelerator.print(f"warning: the global batch changed ({meta['global_batch']} -> {global_batch}); "
+                              "training continues, but not bit-exactly: the data order differs")
+    elif args.resume_from_checkpoint:
+        accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
+
     device = accelerator.device
-    if decoded_gib(manifest) <= args.cache_gb:
-        images = load_into_memory(urls, args.n_cpu)
-        data_desc = f"in memory ({decoded_gib(manifest):.2f} GiB decoded)"
-
-        def batches_of(epoch, skip):
-            return memory_epoch_batches(images, args.batch_size, steps_per_epoch, args.seed, epoch,
-                                        accelerator.process_index, accelerator.num_processes, skip)
-    else:
-        data_desc = f"streamed from {len(urls)} shards by {args.n_cpu} workers"
-
-        def batches_of(epoch, skip):
-            return epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu,
-                                 skip=skip, pin_memory=device.type == "cuda")
+    batches_of, data_desc, skipped_at_load = data_source(args, manifest, urls, accelerator, steps_per_epoch)
+    skipped_total = meta.get("skipped_samples", skipped_at_load)
     fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
     metrics = MetricsLog(accelerator, output_dir)
     init_trackers(accelerator, args.tracker_project_name, vars(args), output_dir)
-    if state.global_step == 0:
+    if global_step == 0:
         log_grid(accelerator, to_device_float(first_batch(urls, args.n_samples, args.seed), "cpu"),
                  output_dir, 0, key="reals")
     accelerator.print(
@@ -165,15 +197,19 @@ def train(args):
 
     stats = IntervalStats(device)
     interactive = sys.stderr.isatty()  # a live bar on a terminal, plain lines in log files
-    progress = tqdm(total=max_train_steps, initial=state.global_step, mininterval=1.0, dynamic_ncols=True,
+    progress = tqdm(total=max_train_steps, initial=global_step, mininterval=1.0, dynamic_ncols=True,
                     disable=not (accelerator.is_main_process and interactive))
-    while state.global_step < max_train_steps:
-        epoch, skip = divmod(state.global_step, steps_per_epoch)
+    stop = False
+    while global_step < max_train_steps and not stop:
+        epoch, skip = divmod(global_step, steps_per_epoch)
         t_wait = time.perf_counter()
-        for real_u8 in batches_of(epoch, skip):
+        for real_u8, n_skipped in batches_of(epoch, skip):
             stats.data_wait += time.perf_counter() - t_wait
+            stats.skipped += n_skipped
             real_img = to_device_float(real_u8, device)
             gen_z = torch.randn(real_img.size(0), args.latent_dim, device=device)
+            step = global_step + 1
+            log_now = step % args.log_steps == 0 or step % args.checkpointing_steps == 0 or step == max_train_steps
 
             # ---- (1) D step: maximize log D(x) + log(1 - D(G(z)))
             with accelerator.autocast():
@@ -182,7 +218,6 @@ def train(args):
                 loss_D = d_loss(real_logits, fake_logits)
             opt_D.zero_grad(set_to_none=True)
             accelerator.backward(loss_D)  # one backward for both D forwards: one all-reduce, no desync
-            log_now = (state.global_step + 1) % args.log_steps == 0 or state.global_step + 1 == max_train_steps
             if log_now:
                 stats.note(grad_norm_D=grad_norm(D, accelerator.scaler), lr_D=opt_D.param_groups[0]["lr"])
             opt_D.step()
@@ -198,42 +233,61 @@ def train(args):
             opt_G.step()
             D.requires_grad_(True)
 
-            # ---- bookkeeping: stats; every N steps log / sample / check and checkpoint
-            state.global_step += 1
+            # ---- bookkeeping: stats; log / sample / checkpoint; a requested stop
+            global_step = step
             progress.update(1)
             stats.add(loss_D, loss_G, real_logits, fake_logits)
-            step = state.global_step
             done = step >= max_train_steps
+            stop = stopper.should_stop(step) and not done
             if log_now:
                 row = stats.collect(accelerator, global_batch)
-                if not (math.isfinite(row["loss_D"]) and math.isfinite(row["loss_G"])):
-                    raise FloatingPointError(f"non-finite loss at step {step}: loss_D={row['loss_D']} "
-                                             f"loss_G={row['loss_G']}; lower --lr or resume from the last checkpoint")
-                metrics.log({**row, "epoch": step / steps_per_epoch, "kimg": step * global_batch / 1000,
-                             "global_batch": global_batch}, step)
+                skipped_total += row["skipped_samples"]
+                check_row(row, step, skipped_total, step * global_batch, args.max_skip_fraction)
+                metrics.log({**row, "skipped_samples": skipped_total, "epoch": step / steps_per_epoch,
+                             "kimg": step * global_batch / 1000, "global_batch": global_batch}, step)
                 summary = " ".join(f"{k} {row[k]:.3f}" for k in TRAIN_KEYS) + f" img/s {row['img_per_s']:.0f}"
                 progress.set_postfix_str(summary, refresh=False)
                 if not interactive:
                     accelerator.print(f"step {step}/{max_train_steps} {summary}")
             if step % args.sample_interval == 0 or done:
                 log_grid(accelerator, generate(accelerator.unwrap_model(G), fixed_z), output_dir, step)
-            if step % args.checkpointing_steps == 0 or done:
+            if step % args.checkpointing_steps == 0 or done or stop:
+                check_finite({"G": G, "D": D}, step)
                 sync_buffers(accelerator, {"G": G, "D": D})
                 check_consistency(accelerator, {"G": G, "D": D})  # before saving: never keep a drifted state
-                save_checkpoint(accelerator, output_dir, step, gan_config, args.checkpoints_total_limit)
-            if done:
+                position = {"epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
+                            "num_imgs_seen": step * global_batch, "global_batch": global_batch,
+                            "num_processes": accelerator.num_processes, "skipped_samples": skipped_total}
+                save_checkpoint(accelerator, output_dir, step, gan_config, position, args.checkpoints_total_limit)
+            if done or stop:
                 break
             t_wait = time.perf_counter()
     progress.close()
     finish_run(accelerator, output_dir)
-    accelerator.print(f"done: {state.global_step} steps; run directory {output_dir}")
+    if stop:
+        accelerator.print(f"stopped by {stopper.received or 'a signal on another rank'} at step {global_step}; "
+                          f"checkpoint saved; continue with --resume_from_checkpoint latest (exit {EXIT_PREEMPTED})")
+        sys.exit(EXIT_PREEMPTED)
+    accelerator.print(f"done: {global_step} steps; run directory {output_dir}")
+
+
+def check_row(row, step, skipped_total, images_seen, max_skip_fraction):
+    """Stop on a non-finite loss (naming the network) or too many unreadable samples."""
+    for key, net in (("loss_D", "D"), ("loss_G", "G")):
+        if not math.isfinite(row[key]):
+            raise FloatingPointError(f"{net}'s loss is {row[key]} at step {step} (averaged since the last log); "
+                                     "the last checkpoint holds finite weights: resume from it with a lower --lr")
+    fraction = skipped_total / (skipped_total + images_seen)
+    if fraction > max_skip_fraction:
+        raise DataError(f"{skipped_total} unreadable samples by step {step} ({fraction:.1%} of those read), above "
+                        f"--max_skip_fraction {max_skip_fraction}; repack the shards (see warnings for shard names)")
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
         train(args)
-    except (DataError, DistributedError, FileNotFoundError, FloatingPointError) as e:
+    except (DataError, UsageError, DistributedError, FileNotFoundError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 

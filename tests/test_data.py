@@ -9,7 +9,7 @@ from gan_dist.shard import MANIFEST
 
 
 def batches(urls, epoch=0, seed=0, skip=0, workers=0, steps=6, bs=32):
-    return [b.clone() for b in epoch_batches(urls, bs, steps, seed, epoch, workers, skip=skip)]
+    return [b.clone() for b, _ in epoch_batches(urls, bs, steps, seed, epoch, workers, skip=skip)]
 
 
 def test_exact_step_count_and_uint8_batches(digits16):
@@ -81,18 +81,19 @@ def test_size_mismatch_names_the_fix(digits16):
 
 def test_in_memory_epochs_deal_disjoint_batches_to_ranks(digits16):
     _, urls = load_manifest(digits16)
-    images = load_into_memory(urls, num_workers=2)
-    assert images.shape == (1797, 1, 16, 16) and images.dtype == torch.uint8
-    assert torch.equal(images, load_into_memory(urls, num_workers=0))  # order independent of workers
+    images, skipped = load_into_memory(urls, num_workers=2)
+    assert images.shape == (1797, 1, 16, 16) and images.dtype == torch.uint8 and skipped == 0
+    assert torch.equal(images, load_into_memory(urls, num_workers=0)[0])  # order independent of workers
     steps = 1797 // (2 * 64)
-    per_rank = [torch.cat(list(memory_epoch_batches(images, 64, steps, 0, 0, rank, 2))) for rank in (0, 1)]
+    per_rank = [torch.cat([b for b, _ in memory_epoch_batches(images, 64, steps, 0, 0, rank, 2)]) for rank in (0, 1)]
     assert all(len(x) == steps * 64 for x in per_rank)
     # identity check by index: each image used at most once per epoch across ranks
-    perm_rank0 = list(memory_epoch_batches(torch.arange(1797), 64, steps, 0, 0, 0, 2))
-    perm_rank1 = list(memory_epoch_batches(torch.arange(1797), 64, steps, 0, 0, 1, 2))
+    def indices(epoch, rank, skip=0):
+        return [b for b, _ in memory_epoch_batches(torch.arange(1797), 64, steps, 0, epoch, rank, 2, skip)]
+    perm_rank0, perm_rank1 = indices(0, 0), indices(0, 1)
     used = torch.cat(perm_rank0 + perm_rank1)
     assert len(used) == len(set(used.tolist())) == 2 * steps * 64
-    next_epoch = torch.cat(list(memory_epoch_batches(torch.arange(1797), 64, steps, 0, 1, 0, 2)))
+    next_epoch = torch.cat(indices(1, 0))
     assert not torch.equal(next_epoch, torch.cat(perm_rank0))
-    resumed = list(memory_epoch_batches(torch.arange(1797), 64, steps, 0, 0, 0, 2, skip=3))
+    resumed = indices(0, 0, skip=3)
     assert all(torch.equal(a, b) for a, b in zip(perm_rank0[3:], resumed)) and len(resumed) == steps - 3

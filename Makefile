@@ -40,7 +40,8 @@ clean:
 	rm -rf $(RUNS) $(SHARDS)/*/ .pytest_cache
 
 # ---- datasets (issue 3): download (cached, checksummed), crop, resize, shard into $(SHARDS)/NAME/
-SIZE ?= 64
+# the report trained at 128x128 RGB, the trainer's default --img_size
+SIZE ?= 128
 CHANNELS ?= 3
 FORMAT ?= png
 CENTER_CROP ?=
@@ -66,5 +67,5 @@ shards-lol: install
 
 # make shards SRC=PATH_OR_URL NAME=name: a folder, a .tgz/.tar/.zip, or a URL of one
 shards: install
-	@test -n "$(SRC)" -a -n "$(NAME)" || { echo "usage: make shards SRC=PATH_OR_URL NAME=name [SIZE=64 ...]"; exit 2; }
+	@test -n "$(SRC)" -a -n "$(NAME)" || { echo "usage: make shards SRC=PATH_OR_URL NAME=name [SIZE=128 ...]"; exit 2; }
 	$(BIN)/python -m gan_dist.shard archive --src $(SRC) --out $(SHARDS)/$(NAME) $(SHARD_FLAGS)

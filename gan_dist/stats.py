@@ -24,6 +24,7 @@ class IntervalStats:
     def reset(self):
         self.sums.zero_()
         self.steps, self.data_wait, self.skipped, self.start = 0, 0.0, 0, time.perf_counter()
+        self.skipped_updates = 0  # optimizer steps the fp16 GradScaler skipped (same on every rank)
         self.latest = {}
 
     def add(self, loss_D, loss_G, real_logits, fake_logits):
@@ -44,6 +45,7 @@ class IntervalStats:
         row = dict(zip(TRAIN_KEYS, means), img_per_s=self.steps * global_batch / seconds,
                    sec_per_step=seconds / self.steps, data_wait=self.data_wait / seconds, skipped_samples=skipped)
         row.update({k: float(v) for k, v in self.latest.items()})
+        row["step_skipped"] = self.skipped_updates
         if self.device.type == "cuda":
             row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.reset()

@@ -63,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                    help="default: what `accelerate config`/`accelerate launch` set, else no")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present (gloo when multi-process)")
+    p.add_argument("--compile", action="store_true", help="torch.compile G and D (inductor); falls back with a message")
     # data parallelism
     p.add_argument("--sync_bn", action="store_true", help="BatchNorm statistics over the global batch (CUDA)")
     p.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP gradient bucket size in MiB")
@@ -98,6 +99,70 @@ def generate(G, z):
     images = G(z)
     G.train()
     return images
+
+
+def gan_step(accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now=False):
+    """One D update then one G update; returns (loss_D, loss_G, real_logits, fake_logits).
+
+    `stats` counts updates the fp16 GradScaler skipped and, when `log_now`, gets gradient
+    norms and learning rates.
+    """
+    scaler = accelerator.scaler  # fp16 only: one scaler shared by both optimizers
+
+    def update(opt):
+        scale = scaler.get_scale() if scaler is not None else None
+        opt.step()
+        # An overflow skips the update and lowers the scale. Judged by the scale, as
+        # step_was_skipped misses the skips fused optimizers make inside their kernel.
+        if scaler is not None and scaler.get_scale() < scale:
+            stats.skipped_updates += 1
+
+    # ---- (1) D step: maximize log D(x) + log(1 - D(G(z)))
+    with accelerator.autocast():
+        gen_img = G(gen_z)
+        real_logits, fake_logits = D(real_img), D(gen_img.detach())
+        loss_D = d_loss(real_logits, fake_logits)
+    opt_D.zero_grad(set_to_none=True)
+    accelerator.backward(loss_D)  # one backward for both D forwards: one all-reduce, no desync
+    if log_now:
+        stats.note(grad_norm_D=grad_norm(D, scaler), lr_D=opt_D.param_groups[0]["lr"])
+    update(opt_D)
+
+    # ---- (2) G step: maximize log D(G(z)); D frozen so its DDP reducer stays idle
+    D.requires_grad_(False)
+    with accelerator.autocast():
+        loss_G = g_loss(D(gen_img))
+    opt_G.zero_grad(set_to_none=True)
+    accelerator.backward(loss_G)
+    if log_now:
+        stats.note(grad_norm_G=grad_norm(G, scaler), lr_G=opt_G.param_groups[0]["lr"])
+    update(opt_G)
+    D.requires_grad_(True)
+    return loss_D, loss_G, real_logits, fake_logits
+
+
+def adam(params, lr, betas, device):
+    """Adam with the fused kernel where this torch has one for `device` (one pass over each tensor
+    instead of several: 5x faster on the CPU for the report's model), else the multi-tensor one."""
+    params = list(params)
+    if device.type in ("cuda", "cpu"):
+        try:
+            return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # an older torch without this kernel
+            pass
+    return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
+
+
+def compile_available():
+    """Whether torch.compile can run here; if not, say why (training goes on uncompiled)."""
+    try:
+        import torch._dynamo
+        if not torch._dynamo.is_dynamo_supported():
+            raise RuntimeError(f"TorchDynamo does not support Python {sys.version.split()[0]} on this platform")
+    except Exception as e:
+        print(f"warning: --compile is unavailable ({e}); training without it", file=sys.stderr)
+        return False
+    return True
 
 
 class UsageError(Exception):
@@ -150,6 +215,7 @@ def train(args):
     accelerator = Accelerator(
         cpu=args.cpu, mixed_precision=args.mixed_precision, log_with=tracker_names(args.report_to) or None,
         kwargs_handlers=[ddp_kwargs(args.ddp_bucket_cap_mb, args.ddp_comm_hook)],
+        **({"dynamo_backend": "inductor"} if args.compile and compile_available() else {}),
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")))
     check_launch(accelerator)
     stopper = StopSignal(accelerator)
@@ -159,8 +225,9 @@ def train(args):
 
     set_seed(args.seed)  # same initial weights for any world size (DDP also broadcasts rank 0's)
     G, D = convert_sync_bn(accelerator, *build_models(gan_config)) if args.sync_bn else build_models(gan_config)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.b1, args.b2))
+    memory_format = torch.channels_last if args.arch == "dcgan" else torch.contiguous_format  # NHWC convs are faster
+    G, D = G.to(memory_format=memory_format), D.to(memory_format=memory_format)
+    opt_G, opt_D = (adam(net.parameters(), args.lr, (args.b1, args.b2), accelerator.device) for net in (G, D))
     G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise
     global_batch = args.batch_size * accelerator.num_processes
@@ -206,32 +273,13 @@ def train(args):
         for real_u8, n_skipped in batches_of(epoch, skip):
             stats.data_wait += time.perf_counter() - t_wait
             stats.skipped += n_skipped
-            real_img = to_device_float(real_u8, device)
+            real_img = to_device_float(real_u8, device).contiguous(memory_format=memory_format)
             gen_z = torch.randn(real_img.size(0), args.latent_dim, device=device)
             step = global_step + 1
             log_now = step % args.log_steps == 0 or step % args.checkpointing_steps == 0 or step == max_train_steps
 
-            # ---- (1) D step: maximize log D(x) + log(1 - D(G(z)))
-            with accelerator.autocast():
-                gen_img = G(gen_z)
-                real_logits, fake_logits = D(real_img), D(gen_img.detach())
-                loss_D = d_loss(real_logits, fake_logits)
-            opt_D.zero_grad(set_to_none=True)
-            accelerator.backward(loss_D)  # one backward for both D forwards: one all-reduce, no desync
-            if log_now:
-                stats.note(grad_norm_D=grad_norm(D, accelerator.scaler), lr_D=opt_D.param_groups[0]["lr"])
-            opt_D.step()
-
-            # ---- (2) G step: maximize log D(G(z)); D frozen so its DDP reducer stays idle
-            D.requires_grad_(False)
-            with accelerator.autocast():
-                loss_G = g_loss(D(gen_img))
-            opt_G.zero_grad(set_to_none=True)
-            accelerator.backward(loss_G)
-            if log_now:
-                stats.note(grad_norm_G=grad_norm(G, accelerator.scaler), lr_G=opt_G.param_groups[0]["lr"])
-            opt_G.step()
-            D.requires_grad_(True)
+            loss_D, loss_G, real_logits, fake_logits = gan_step(
+                accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now)
 
             # ---- bookkeeping: stats; log / sample / checkpoint; a requested stop
             global_step = step

@@ -1,0 +1,72 @@
+"""Mixed precision: bf16 trains on the CPU; the fp16 GradScaler path is driven with a real CPU GradScaler."""
+import json
+
+import torch
+from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
+
+from gan_dist.losses import d_loss
+from gan_dist.models import GANConfig, build_models
+from gan_dist.stats import IntervalStats
+from gan_dist.train import adam, gan_step
+
+from conftest import run_module
+
+
+def prepared(scale):
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    G, D = build_models(GANConfig("mlp", latent_dim=8, img_size=8, channels=1))
+    opt_G, opt_D = (adam(n.parameters(), 2e-4, (0.5, 0.999), accelerator.device) for n in (G, D))
+    G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
+    # Accelerate makes no scaler on the CPU (fp16 is a no-op there); give it one real GradScaler
+    # and wrap both optimizers around it, as prepare() does with fp16 on CUDA.
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    accelerator.scaler = scaler
+    opt_G, opt_D = (AcceleratedOptimizer(o.optimizer, device_placement=False, scaler=scaler) for o in (opt_G, opt_D))
+    return accelerator, G, D, opt_G, opt_D, scaler
+
+
+def test_fp16_scaler_updates_and_reports_unscaled_gradient_norms():
+    accelerator, G, D, opt_G, opt_D, scaler = prepared(scale=1024.0)
+    real, z = torch.rand(16, 1, 8, 8) * 2 - 1, torch.randn(16, 8)
+    before = [p.detach().clone() for p in D.parameters()]
+    with torch.no_grad():
+        fake = G(z)  # what G draws before its own update (train mode: batch statistics)
+    stats = IntervalStats(accelerator.device)
+    gan_step(accelerator, G, D, opt_G, opt_D, real, z, stats, log_now=True)
+    assert stats.skipped_updates == 0 and scaler.get_scale() == 1024.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, D.parameters()))
+    # the logged norm is the true one: recompute D's gradient without any scaling
+    D.zero_grad()
+    for p, b in zip(D.parameters(), before):
+        p.data.copy_(b)
+    d_loss(D(real), D(fake)).backward()
+    true_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in D.parameters()]))
+    assert torch.isclose(torch.as_tensor(stats.latest["grad_norm_D"]), true_norm, rtol=1e-3)
+
+
+def test_fp16_overflow_skips_the_update_and_backs_off_the_shared_scale():
+    accelerator, G, D, opt_G, opt_D, scaler = prepared(scale=1024.0)
+    real, z = torch.rand(16, 1, 8, 8) * 2 - 1, torch.randn(16, 8)
+    real[3, 0, 4, 4] = float("inf")  # an overflowed activation: D's gradients become non-finite
+    before_D = [p.detach().clone() for p in D.parameters()]
+    before_G = [p.detach().clone() for p in G.parameters()]
+    stats = IntervalStats(accelerator.device)
+    gan_step(accelerator, G, D, opt_G, opt_D, real, z, stats)
+    assert stats.skipped_updates == 1  # D's update skipped; G's (through a finite D) applied
+    assert all(torch.equal(a, b) for a, b in zip(before_D, D.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_G, G.parameters()))
+    assert scaler.get_scale() == 512.0  # the one shared scale backed off once
+    assert opt_D.scaler is opt_G.scaler is accelerator.scaler
+
+
+def test_bf16_trains_on_cpu(tmp_path, digits16):
+    out = tmp_path / "run"
+    r = run_module("gan_dist.train", "--cpu", "--mixed_precision", "bf16", "--data", digits16, "--img_size", 16,
+                   "--channels", 1, "--batch_size", 32, "--n_cpu", 0, "--max_train_steps", 4, "--log_steps", 2,
+                   "--output_dir", out, "--report_to", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mixed precision bf16" in r.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < row["D_real"] < 1 and row["step_skipped"] == 0 for row in rows)

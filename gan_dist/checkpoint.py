@@ -1,7 +1,8 @@
 """Checkpoints: Accelerate's save_state/load_state, made atomic, named by step and pruned.
 
 A checkpoint is `OUTPUT_DIR/checkpoints/checkpoint-STEP/` holding Accelerate's files
-(`model.safetensors` = G, `model_1.safetensors` = D, `optimizer.bin`/`optimizer_1.bin`,
+(`model.safetensors` = G, `model_1.safetensors` = D, `G_ema.safetensors` when the run keeps
+an EMA of G, `optimizer.bin`/`optimizer_1.bin`,
 `scaler.pt` with fp16, `random_states_RANK.pkl` for every rank; all loaded with
 `weights_only=True`) plus `gan.json`: the networks' config and the run's position (step,
 epoch, batch within the epoch, images seen, skipped samples). It is written to
@@ -14,6 +15,8 @@ import shutil
 from pathlib import Path
 
 import torch
+
+from gan_dist.ema import EMA_FILE, save_ema
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 META = "gan.json"
@@ -61,11 +64,12 @@ def check_finite(modules, step):
                                      "Resume from the last checkpoint with a lower --lr")
 
 
-def save_checkpoint(accelerator, output_dir, step, gan_config, position, total_limit=None):
+def save_checkpoint(accelerator, output_dir, step, gan_config, position, total_limit=None, ema=None):
     """Write checkpoint-STEP atomically on all ranks; keep at most `total_limit` checkpoints.
 
     Args:
         position: JSON-able counters of the run (epoch, images seen, ...), stored in gan.json.
+        ema: G_ema, saved as G_ema.safetensors (what `python -m gan_dist.sample` uses by default).
 
     Every rank must call this (save_state and the barriers are collectives).
     """
@@ -78,7 +82,10 @@ def save_checkpoint(accelerator, output_dir, step, gan_config, position, total_l
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        meta = {"global_step": step, **position, "gan_config": gan_config.to_dict(), "weights": WEIGHT_FILES}
+        if ema is not None:
+            save_ema(ema, partial)
+        weights = {**WEIGHT_FILES, **({"G_ema": EMA_FILE} if ema is not None else {})}
+        meta = {"global_step": step, **position, "gan_config": gan_config.to_dict(), "weights": weights}
         (partial / META).write_text(json.dumps(meta, indent=2))
         replaced = root / f".checkpoint-{step}.old"
         if final.exists():  # the same step trained again after resuming from an older checkpoint

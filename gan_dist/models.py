@@ -6,7 +6,6 @@ run under autocast; D(x) as a probability is `torch.sigmoid(logit)`.
 import math
 from dataclasses import asdict, dataclass
 
-import torch
 import torch.nn as nn
 
 ARCHS = ("mlp", "dcgan")

@@ -20,14 +20,14 @@ from PIL import Image  # noqa: E402
 
 
 def read_metrics(run_dir):
-    """Rows of metrics.jsonl in step order; for a step logged twice (a resumed run) the last row wins."""
+    """Rows of metrics.jsonl in step order, the rows of one step merged (a resumed run's repeat wins)."""
     by_step = {}
     path = Path(run_dir) / "metrics.jsonl"
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                by_step[row["step"]] = row
+                by_step.setdefault(row["step"], {}).update(row)
     return [by_step[s] for s in sorted(by_step)]
 
 
@@ -48,6 +48,7 @@ def write_report(run_dir, max_grids=6):
     """Write RUN_DIR/report.png and RUN_DIR/report.html; return their paths."""
     run_dir = Path(run_dir)
     rows, grids = read_metrics(run_dir), sample_grids(run_dir, max_grids)
+    rows = [r for r in rows if "loss_D" in r]  # training rows (colour and evaluation rows have their own steps)
     x = [r.get("kimg", r["step"]) for r in rows]
     x_label = "kimg (thousands of images seen)" if rows and "kimg" in rows[0] else "step"
 

@@ -66,8 +66,11 @@ def finish_run(accelerator, output_dir):
     if not accelerator.is_main_process:
         return
     from gan_dist.report import write_report
-    png, html = write_report(output_dir)
-    print(f"report: {png} and {html}")
+    try:
+        png, html = write_report(output_dir)
+        print(f"report: {png} and {html}")
+    except Exception as e:  # the run itself is done and saved; a figure must not fail it
+        print(f"warning: could not write the report ({e!r}); try `python -m gan_dist.report {output_dir}`")
     if offline:
         print(f"W&B ran offline; upload with: wandb sync {Path(output_dir) / 'wandb'}/offline-run-*")
 
@@ -80,8 +83,9 @@ class MetricsLog:
         self.path = Path(output_dir) / "metrics.jsonl"
 
     def log(self, row, step):
+        """Numbers go to the trackers; the whole row (tool names of metrics too) to metrics.jsonl."""
         try:
-            self.accelerator.log(row, step=step)
+            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
         except Exception as e:
             self.accelerator.print(f"warning: trackers could not log step {step}: {e!r}")
         if self.accelerator.is_main_process:

@@ -25,9 +25,14 @@ from tqdm.auto import tqdm
 from gan_dist.checkpoint import check_finite, read_meta, remove_partials, resolve_resume, save_checkpoint
 from gan_dist.data import (DataError, check_matches, decoded_gib, epoch_batches, first_batch, load_into_memory,
                            load_manifest, memory_epoch_batches, shard_counts, to_device_float)
+from gan_dist.colour import DriftTracker, colour_report, colour_stats
 from gan_dist.ddp import (COMM_HOOKS, DistributedError, check_consistency, check_launch, convert_sync_bn, ddp_kwargs,
                           sync_buffers)
+from gan_dist.diffaug import diff_augment, parse_policy
+from gan_dist.ema import load_ema, make_ema
+from gan_dist.ema import update as ema_update
 from gan_dist.losses import d_loss, g_loss
+from gan_dist.metrics import evaluate, format_result, inception_for_run
 from gan_dist.models import ARCHS, GANConfig, build_models
 from gan_dist.preemption import EXIT_PREEMPTED, StopSignal
 from gan_dist.stats import TRAIN_KEYS, IntervalStats, grad_norm
@@ -60,6 +65,19 @@ def parse_args(argv=None):
     p.add_argument("--max_train_steps", type=int, default=None, help="overrides --n_epochs when set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_samples", type=int, default=25, help="images in each fixed-noise grid (5x5)")
+    # EMA, augmentation, evaluation
+    p.add_argument("--ema_kimg", type=float, default=10.0,
+                   help="half-life of G's moving average (G_ema, used for samples and metrics) in thousands "
+                        "of images; 0 turns it off")
+    p.add_argument("--diffaug", default="", help="DiffAugment for real and fake images in both phases, "
+                                                 "e.g. color,translation,cutout (for small datasets)")
+    p.add_argument("--eval_steps", type=int, default=0, help="steps between FID/KID evaluations; 0 = never")
+    p.add_argument("--fid_samples", type=int, default=10000, help="generated images per FID/KID evaluation")
+    p.add_argument("--inception_weights", default=None,
+                   help="Inception weights file for FID/KID (else $GAN_DIST_INCEPTION_WEIGHTS, else a one-time "
+                        "verified download into the cache)")
+    p.add_argument("--colour_samples", type=int, default=256,
+                   help="images compared with reals for colour drift at each --sample_interval")
     p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                    help="default: what `accelerate config`/`accelerate launch` set, else no")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present (gloo when multi-process)")
@@ -80,13 +98,15 @@ def parse_args(argv=None):
     p.add_argument("--max_skip_fraction", type=float, default=0.01,
                    help="stop when more than this fraction of samples read could not be decoded")
     args = p.parse_args(argv)
-    for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples"):
+    for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples",
+                 "fid_samples", "colour_samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     try:
         GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
+        parse_policy(args.diffaug)
     except ValueError as e:
         p.error(str(e))
     return args
@@ -94,19 +114,21 @@ def parse_args(argv=None):
 
 @torch.no_grad()
 def generate(G, z):
-    """Images from G in eval mode (BatchNorm running statistics), then back to train mode."""
+    """Images from G in eval mode (BatchNorm running statistics), leaving G in the mode it was in."""
+    was_training = G.training
     G.eval()
     images = G(z)
-    G.train()
+    G.train(was_training)
     return images
 
 
-def gan_step(accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now=False):
+def gan_step(accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now=False, augment=None):
     """One D update then one G update; returns (loss_D, loss_G, real_logits, fake_logits).
 
     `stats` counts updates the fp16 GradScaler skipped and, when `log_now`, gets gradient
-    norms and learning rates.
+    norms and learning rates. `augment` (DiffAugment) is applied to everything D sees.
     """
+    aug = augment or (lambda x: x)
     scaler = accelerator.scaler  # fp16 only: one scaler shared by both optimizers
 
     def update(opt):
@@ -120,7 +142,7 @@ def gan_step(accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now=Fa
     # ---- (1) D step: maximize log D(x) + log(1 - D(G(z)))
     with accelerator.autocast():
         gen_img = G(gen_z)
-        real_logits, fake_logits = D(real_img), D(gen_img.detach())
+        real_logits, fake_logits = D(aug(real_img)), D(aug(gen_img.detach()))
         loss_D = d_loss(real_logits, fake_logits)
     opt_D.zero_grad(set_to_none=True)
     accelerator.backward(loss_D)  # one backward for both D forwards: one all-reduce, no desync
@@ -131,7 +153,7 @@ def gan_step(accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now=Fa
     # ---- (2) G step: maximize log D(G(z)); D frozen so its DDP reducer stays idle
     D.requires_grad_(False)
     with accelerator.autocast():
-        loss_G = g_loss(D(gen_img))
+        loss_G = g_loss(D(aug(gen_img)))
     opt_G.zero_grad(set_to_none=True)
     accelerator.backward(loss_G)
     if log_now:
@@ -230,6 +252,10 @@ def train(args):
     opt_G, opt_D = (adam(net.parameters(), args.lr, (args.b1, args.b2), accelerator.device) for net in (G, D))
     G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise
+    G_ema = make_ema(accelerator.unwrap_model(G)) if args.ema_kimg > 0 else None
+    policy = parse_policy(args.diffaug)
+    augment = (lambda x: diff_augment(x, policy)) if policy else None
+    drift = DriftTracker()
     global_batch = args.batch_size * accelerator.num_processes
     steps_per_epoch = max(1, manifest["count"] // global_batch)
     max_train_steps = args.max_train_steps or args.n_epochs * steps_per_epoch
@@ -240,6 +266,10 @@ def train(args):
             for group in opt.param_groups:
                 group["lr"] = args.lr
         accelerator.print(f"resumed from {resume_dir} at step {global_step}")
+        if G_ema is not None and not load_ema(G_ema, resume_dir):
+            G_ema = make_ema(accelerator.unwrap_model(G))
+            accelerator.print("warning: the checkpoint has no G_ema; the average starts again from G")
+        drift.load_state_dict(meta.get("colour_drift", drift.state_dict()))
         if meta["global_batch"] != global_batch:
             accelerator.print(f"warning: the global batch changed ({meta['global_batch']} -> {global_batch}); "
                               "training continues, but not bit-exactly: the data order differs")
@@ -249,7 +279,17 @@ def train(args):
     device = accelerator.device
     batches_of, data_desc, skipped_at_load = data_source(args, manifest, urls, accelerator, steps_per_epoch)
     skipped_total = meta.get("skipped_samples", skipped_at_load)
-    fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    noise = torch.Generator().manual_seed(args.seed)  # the same z for the whole run: progress is visible
+    fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=noise).to(device)
+    colour_z = torch.randn(args.colour_samples, args.latent_dim, generator=noise).to(device)
+    real_colour = colour_stats(to_device_float(first_batch(urls, args.colour_samples, args.seed + 1), "cpu"))
+    sampler = G_ema if G_ema is not None else accelerator.unwrap_model(G)
+    nets = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}
+    extractor = None
+    if args.eval_steps:
+        extractor, why_not = inception_for_run(accelerator, args.inception_weights)
+        if why_not:
+            accelerator.print(f"warning: {why_not}")
     metrics = MetricsLog(accelerator, output_dir)
     init_trackers(accelerator, args.tracker_project_name, vars(args), output_dir)
     if global_step == 0:
@@ -279,7 +319,9 @@ def train(args):
             log_now = step % args.log_steps == 0 or step % args.checkpointing_steps == 0 or step == max_train_steps
 
             loss_D, loss_G, real_logits, fake_logits = gan_step(
-                accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now)
+                accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now, augment)
+            if G_ema is not None:
+                ema_update(G_ema, G, global_batch, args.ema_kimg)
 
             # ---- bookkeeping: stats; log / sample / checkpoint; a requested stop
             global_step = step
@@ -298,15 +340,27 @@ def train(args):
                 if not interactive:
                     accelerator.print(f"step {step}/{max_train_steps} {summary}")
             if step % args.sample_interval == 0 or done:
-                log_grid(accelerator, generate(accelerator.unwrap_model(G), fixed_z), output_dir, step)
+                log_grid(accelerator, generate(sampler, fixed_z), output_dir, step)
+                colour = colour_report(colour_stats(generate(sampler, colour_z)), real_colour)
+                for warning in drift.update(colour, step):  # the report's saturation / contrast creep
+                    accelerator.print(warning)
+                metrics.log(colour, step)
+            if extractor is not None and (step % args.eval_steps == 0 or done):
+                sync_buffers(accelerator, nets)
+                result = evaluate(accelerator, sampler, extractor, lambda: load_into_memory(urls, args.n_cpu)[0],
+                                  args.data, args.latent_dim, num_gen=args.fid_samples, seed=args.seed)
+                accelerator.print(f"step {step}: {format_result(result)}")
+                metrics.log(result, step)
             if step % args.checkpointing_steps == 0 or done or stop:
-                check_finite({"G": G, "D": D}, step)
-                sync_buffers(accelerator, {"G": G, "D": D})
-                check_consistency(accelerator, {"G": G, "D": D})  # before saving: never keep a drifted state
+                check_finite(nets, step)
+                sync_buffers(accelerator, nets)
+                check_consistency(accelerator, nets)  # before saving: never keep a drifted state
                 position = {"epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
                             "num_imgs_seen": step * global_batch, "global_batch": global_batch,
-                            "num_processes": accelerator.num_processes, "skipped_samples": skipped_total}
-                save_checkpoint(accelerator, output_dir, step, gan_config, position, args.checkpoints_total_limit)
+                            "num_processes": accelerator.num_processes, "skipped_samples": skipped_total,
+                            "colour_drift": drift.state_dict()}
+                save_checkpoint(accelerator, output_dir, step, gan_config, position, args.checkpoints_total_limit,
+                                ema=G_ema)
             if done or stop:
                 break
             t_wait = time.perf_counter()

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import socket
@@ -76,3 +77,9 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def train_rows(out):
+    """The training rows of OUTPUT_DIR/metrics.jsonl (colour and evaluation rows share their steps)."""
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, lines) if "loss_D" in row]

@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import tarfile
 import time
@@ -11,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, finish, launch, run_module, run_torchrun, torchrun_cmd
+from conftest import finish, launch, run_module, run_torchrun, torchrun_cmd
+from conftest import train_rows as rows
 from gan_dist.shard import pack
 
 
@@ -19,9 +19,6 @@ def train_cmd(data, out, *extra):
     return [sys.executable, "-m", "gan_dist.train", "--cpu", "--data", data, "--img_size", 16, "--channels", 1,
             "--batch_size", 16, "--n_cpu", 0, "--output_dir", out, "--report_to", "none", *extra]
 
-
-def rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def wait_for(predicate, proc, timeout=120):

@@ -1,6 +1,4 @@
 """Mixed precision: bf16 trains on the CPU; the fp16 GradScaler path is driven with a real CPU GradScaler."""
-import json
-
 import torch
 from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
@@ -10,7 +8,7 @@ from gan_dist.models import GANConfig, build_models
 from gan_dist.stats import IntervalStats
 from gan_dist.train import adam, gan_step
 
-from conftest import run_module
+from conftest import run_module, train_rows
 
 
 def prepared(scale):
@@ -68,5 +66,4 @@ def test_bf16_trains_on_cpu(tmp_path, digits16):
                    "--output_dir", out, "--report_to", "none")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "mixed precision bf16" in r.stdout
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all(0 < row["D_real"] < 1 and row["step_skipped"] == 0 for row in rows)
+    assert all(0 < row["D_real"] < 1 and row["step_skipped"] == 0 for row in train_rows(out))

@@ -1,5 +1,4 @@
 """Trackers, metrics.jsonl, progress lines and the report, read back from real files."""
-import json
 import os
 import subprocess
 import sys
@@ -7,7 +6,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT, run_torchrun
+from conftest import ROOT, run_torchrun, train_rows
 from wandb_records import read_run
 
 
@@ -57,7 +56,7 @@ def test_wandb_failure_never_stops_training(tmp_path, digits16):
     r = train(digits16, out, "--report_to", "wandb", env_update={"WANDB_MODE": "online"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "could not start trackers" in r.stdout
-    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
+    assert [row["step"] for row in train_rows(out)] == [2, 4, 6]
     assert (out / "checkpoints" / "checkpoint-6").is_dir()
 
 
@@ -79,7 +78,7 @@ def test_report_to_none_still_writes_metrics_and_samples(tmp_path, digits16):
     r = train(digits16, out, "--report_to", "none")
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (out / "wandb").exists() and not (out / "logs").exists()
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len(train_rows(out)) == 3
     assert (out / "samples" / "samples_0000006.png").is_file()
 
 

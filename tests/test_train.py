@@ -7,15 +7,13 @@ from safetensors.torch import load_file
 from gan_dist.models import GANConfig, build_models
 
 from conftest import run_module
+from conftest import train_rows as rows
 
 
 def train(data, out, *extra):
     return run_module("gan_dist.train", "--cpu", "--data", data, "--img_size", 16, "--channels", 1,
                       "--batch_size", 32, "--n_cpu", 1, "--output_dir", out, "--report_to", "none", *extra)
 
-
-def rows(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_short_run_writes_metrics_samples_and_checkpoints(tmp_path, digits16):
@@ -56,7 +54,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, digits16, c
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout and "step 6" in r.stdout
     assert [row["step"] for row in rows(resumed)] == [2, 4, 6, 8, 10]
-    for name in ("model.safetensors", "model_1.safetensors"):
+    for name in ("model.safetensors", "model_1.safetensors", "G_ema.safetensors"):
         a = load_file(straight / "checkpoints" / "checkpoint-10" / name)
         b = load_file(resumed / "checkpoints" / "checkpoint-10" / name)
         assert all((a[k] == b[k]).all() for k in a), name
@@ -124,3 +122,30 @@ def test_shards_from_a_url_template(tmp_path, digits16):
               "--max_train_steps", 2, "--log_steps", 2)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "streamed from 4 shards" in r.stdout and rows(out)[-1]["step"] == 2
+
+
+def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):
+    """G_ema is kept and saved, DiffAugment runs, colour drift is logged, FID/KID without weights is skipped."""
+    out = tmp_path / "run"
+    r = run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                   "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
+                   "--max_train_steps", 4, "--log_steps", 2, "--sample_interval", 2, "--eval_steps", 2,
+                   "--diffaug", "color,translation,cutout", "--colour_samples", 64,
+                   env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "training goes on without FID/KID" in r.stdout
+    colour = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "gap_contrast" in line]
+    assert [row["step"] for row in colour] == [2, 4]
+    assert all(row["real_contrast"] > 0.2 and row["gen_saturation"] == 0 for row in colour)  # grey digits
+    ckpt = out / "checkpoints" / "checkpoint-4"
+    assert json.loads((ckpt / "gan.json").read_text())["weights"]["G_ema"] == "G_ema.safetensors"
+    ema, g = load_file(ckpt / "G_ema.safetensors"), load_file(ckpt / "model.safetensors")
+    assert ema.keys() == g.keys() and any(not (ema[k] == g[k]).all() for k in g)  # an average, not a copy
+    r = run_module("gan_dist.sample", "--checkpoint", ckpt, "--n", 9, "--grid", tmp_path / "grid.png")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Image.open(tmp_path / "grid.png").size[0] > 3 * 16
+
+
+def test_bad_diffaug_policy_is_refused(tmp_path, digits16):
+    r = train(digits16, tmp_path / "run", "--diffaug", "colour")
+    assert r.returncode != 0 and "colour" in r.stderr

@@ -1,0 +1,274 @@
+"""Speed of our input path and trainer against the report's, measured side by side on this machine.
+
+    python -m gan_dist.bench all --out runs/bench.json        # what `make bench` runs (CPU, 5-10 min on 2 cores)
+    python -m gan_dist.bench data --sizes 64 128              # loader images/s only
+    python -m gan_dist.bench step --img_size 128              # trainer vs the report's loop vs a bare loop
+    python -m gan_dist.bench step --data shards/lfw           # on shards of your own
+    python -m gan_dist.bench gpu --out $OUT/bench_gpu.json    # one CUDA GPU (launch/gpu_bench.sh)
+
+Every figure is a ratio of two cases measured in the same run on the same machine. Without
+--data or --src the bench writes its own source images (random 250x250 crops of
+scikit-image's bundled photos, stored as JPEG like LFW) and packs them at each size.
+The results are printed as Markdown tables and written as JSON (--out): each case's
+images_per_s, the ratios with the cases they divide, and the machine they ran on.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gan_dist import bench_data, bench_step
+from gan_dist.data import load_manifest
+
+TARGETS = {  # from issue 5; printed beside the ratios, never asserted
+    "data/memory_vs_report_128/per_core": 10.0,
+    "data/stream_vs_report_128/per_core": 10.0,
+    "step/trainer_vs_bare": 0.95,
+    "gpu/trainer_bf16_vs_report": 20.0,
+}
+GPU_IMAGES_PER_S_TARGET = 30_000  # the report's model at 128x128, bf16, batch 64, one H100-class GPU
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def machine_info():
+    """CPU model, cores, torch version and device of this machine."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cuda = torch.cuda.is_available()
+    return {"cpu": model, "cores": cores, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA device)",
+            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+class Results:
+    """Cases and ratios of one bench run; written to `out` after every case so a cut-short run keeps its figures."""
+
+    def __init__(self, out, config):
+        self.out = Path(out) if out else None
+        self.doc = {"machine": machine_info(), "config": config, "cases": {}, "ratios": {}}
+
+    @property
+    def cases(self):
+        return self.doc["cases"]
+
+    def add(self, name, case):
+        if hasattr(os, "getloadavg"):  # other work on the machine skews a case: keep the evidence with it
+            case["load_avg_1m"] = os.getloadavg()[0]
+        self.cases[name] = case
+        print(f"  {name}: {case['images_per_s']:.0f} images/s", file=sys.stderr, flush=True)
+        self.save()
+
+    def ratio(self, name, num, den, key="images_per_s"):
+        """Add cases[num][key] / cases[den][key] as `name` (skipped when either case is missing)."""
+        if num not in self.cases or den not in self.cases:
+            return
+        self.doc["ratios"][name] = {"value": self.cases[num][key] / self.cases[den][key], "num": num, "den": den,
+                                    "key": key, "target": TARGETS.get(name)}
+        self.save()
+
+    def save(self):
+        if self.out:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_text(json.dumps(self.doc, indent=2) + "\n")
+
+    def finish(self):
+        if hasattr(os, "getloadavg"):
+            self.doc["machine"]["load_average_end"] = list(os.getloadavg())
+        self.save()
+        print(format_tables(self.doc))
+
+
+def format_tables(doc):
+    """The run as Markdown: the machine, a table of cases and a table of ratios with their targets."""
+    m = doc["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['device']}, torch {m['torch']}", "",
+             "| case | images/s | per core | data wait | GPU GiB | load | what |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for name, c in doc["cases"].items():
+        per_core = f"{c['images_per_s_per_core']:.0f}" if "images_per_s_per_core" in c else ""
+        wait = f"{c['data_wait']:.1%}" if "data_wait" in c else ""
+        mem = f"{c['gpu_mem_gb']:.2f}" if "gpu_mem_gb" in c else ""
+        load = f"{c['load_avg_1m']:.1f}" if "load_avg_1m" in c else ""
+        lines.append(f"| {name} | {c['images_per_s']:.0f} | {per_core} | {wait} | {mem} | {load} | "
+                     f"{c.get('what', '')} |")
+    lines += ["", "load: the 1-minute load average as the case ended (this machine's cores: "
+              f"{m['cores']}; more means other work shared them)",
+              "", "| ratio | value | target |", "| --- | ---: | ---: |"]
+    for name, r in doc["ratios"].items():
+        target = f"≥ {r['target']:g}×" if r["target"] else ""
+        lines.append(f"| {name} | {r['value']:.2f}× | {target} |")
+    return "\n".join(lines)
+
+
+# ---- preparing the images and shards
+
+def prepare(args, work, sizes):
+    """Return (shard dirs by size, image folder for the report's pipeline by size, channels)."""
+    if args.data:
+        manifest, _ = load_manifest(args.data)
+        folder = bench_data.unpack_to_folder(args.data, work / "report_images")
+        return {manifest["size"]: Path(args.data)}, {manifest["size"]: folder}, manifest["channels"]
+    src = Path(args.src) if args.src else None
+    if src is None:
+        print(f"writing {args.n_images} source images ({args.src_size}x{args.src_size} JPEG) ...", file=sys.stderr)
+        src = bench_data.make_source_images(work / "source", args.n_images, args.src_size)
+    print(f"packing {src} at {sorted(sizes)} px ...", file=sys.stderr, flush=True)
+    shards = bench_data.pack_sizes(src, work, sorted(sizes), machine_info()["cores"])
+    return shards, {size: src for size in shards}, 3
+
+
+# ---- the cases
+
+def run_data(res, shards, folders, channels, seconds):
+    """The data case at every size: our streamed and in-memory paths versus the report's pipeline."""
+    for name, case in bench_data.data_cases(shards, folders, seconds, channels).items():
+        res.add(name, case)
+    for size in sorted(shards):
+        for ours in ("stream", "memory"):
+            res.ratio(f"data/{ours}_vs_report_{size}", f"data/{ours}_{size}", f"data/report_{size}")
+            res.ratio(f"data/{ours}_vs_report_{size}/per_core", f"data/{ours}_{size}", f"data/report_{size}",
+                      key="images_per_s_per_core")
+
+
+def run_step(res, work, shard_dir, folder, img_size, channels, steps, warmup, report_steps):
+    """The step case on the CPU: trainer (in memory and streamed), the report's loop, the bare loop."""
+    common = (shard_dir, img_size, channels, steps, warmup)
+    res.add("step/bare", {**bench_step.bare_case(shard_dir, steps, warmup, cpu=True),
+                          "what": "our models + losses, plain PyTorch, batches in memory"})
+    res.add("step/trainer", {**bench_step.trainer_case(*common, work / "run_memory", cpu=True),
+                             "what": "python -m gan_dist.train --cpu, data in memory"})
+    res.add("step/trainer_streamed", {**bench_step.trainer_case(*common, work / "run_stream", cpu=True,
+                                                                extra=("--cache_gb", "0")),
+                                      "what": "python -m gan_dist.train --cpu --cache_gb 0 (2 workers)"})
+    res.add("step/report", {**bench_step.report_case(folder, img_size, channels, report_steps, warmup,
+                                                     work / "report_out"),
+                            "what": "the report's loop (gan_dist.report_loop), ImageFolder, 2 workers"})
+    res.ratio("step/trainer_vs_report", "step/trainer", "step/report")
+    res.ratio("step/trainer_vs_bare", "step/trainer", "step/bare")
+    res.ratio("step/trainer_streamed_vs_bare", "step/trainer_streamed", "step/bare")
+
+
+def gpu_cases(has_compile):
+    """[(case name, trainer flags)] for the GPU run: every precision, with --compile when the trainer has it."""
+    cases = []
+    for compile_ in ((False, True) if has_compile else (False,)):
+        for mp in PRECISIONS:
+            name = f"gpu/trainer_{'fp32' if mp == 'no' else mp}{'_compile' if compile_ else ''}"
+            cases.append((name, ("--mixed_precision", mp, *(("--compile",) if compile_ else ()))))
+    return cases
+
+
+def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, report_steps):
+    """The step case on one CUDA GPU: the trainer at fp32/bf16/fp16 (+ --compile), bare loops, the report's loop."""
+    has_compile = "--compile" in bench_step.trainer_flags()
+    if not has_compile:
+        print("note: `python -m gan_dist.train --help` lists no --compile; skipping the compile cases",
+              file=sys.stderr)
+    res.doc["config"]["compile_cases"] = has_compile
+    common = (shard_dir, img_size, channels, steps, warmup)
+    res.add("gpu/report", {**bench_step.report_case(folder, img_size, channels, report_steps, warmup,
+                                                    work / "report_out"),
+                           "what": "the report's loop on the GPU (fp32, ImageFolder, 2 workers)"})
+    for mp in ("no", "bf16"):
+        tag = "fp32" if mp == "no" else mp
+        res.add(f"gpu/bare_{tag}", {**bench_step.bare_case(shard_dir, steps, warmup, cpu=False, mixed_precision=mp),
+                                    "what": f"plain PyTorch loop, {tag}"})
+    for name, flags in gpu_cases(has_compile):
+        res.add(name, {**bench_step.trainer_case(*common, work / name.replace("/", "_"), cpu=False, extra=flags),
+                       "what": "python -m gan_dist.train " + " ".join(flags)})
+    res.ratio("gpu/trainer_bf16_vs_report", "gpu/trainer_bf16", "gpu/report")
+    res.ratio("gpu/trainer_fp32_vs_report", "gpu/trainer_fp32", "gpu/report")
+    for tag in ("fp32", "bf16"):
+        res.ratio(f"gpu/trainer_{tag}_vs_bare_{tag}", f"gpu/trainer_{tag}", f"gpu/bare_{tag}")
+    for tag in ("bf16", "fp16"):
+        res.ratio(f"gpu/trainer_{tag}_vs_fp32", f"gpu/trainer_{tag}", "gpu/trainer_fp32")
+        res.ratio(f"gpu/trainer_{tag}_compile_vs_{tag}", f"gpu/trainer_{tag}_compile", f"gpu/trainer_{tag}")
+    res.ratio("gpu/trainer_fp32_compile_vs_fp32", "gpu/trainer_fp32_compile", "gpu/trainer_fp32")
+    res.doc["config"]["gpu_images_per_s_target"] = GPU_IMAGES_PER_S_TARGET
+
+
+# ---- command line
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m gan_dist.bench", description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=("data", "step", "all", "gpu"),
+                   help="data: loaders; step: training steps on the CPU; all: both; gpu: step cases on one CUDA GPU")
+    p.add_argument("--data", default=None, help="run on these shards (their size) instead of the bench's own images")
+    p.add_argument("--src", default=None,
+                   help="source images to pack at --sizes: a folder with one or more subfolders of images "
+                        "(what torchvision's ImageFolder reads); default: the bench writes its own")
+    p.add_argument("--out", default=None, help="write the results here as JSON")
+    p.add_argument("--work", default=None, help="keep images, shards and runs here (default: a temporary folder)")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="data case image sizes (default 64 128; gpu: 128)")
+    p.add_argument("--img_size", type=int, default=None,
+                   help="step case image size (default 64 on the CPU, where 128 takes 4x longer; gpu: 128)")
+    p.add_argument("--n_images", type=int, default=2048, help="source images the bench writes")
+    p.add_argument("--src_size", type=int, default=250, help="side of the source images the bench writes (LFW: 250)")
+    p.add_argument("--seconds", type=float, default=None, help="timed seconds per data case (default 5; gpu: 3)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per step case (default 100; gpu: 500)")
+    p.add_argument("--report_steps", type=int, default=None,
+                   help="timed batches of the report's loop (default: --steps; gpu: 100)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20; gpu: 100)")
+    args = p.parse_args(argv)
+    gpu = args.what == "gpu"
+    args.sizes = args.sizes or ([128] if gpu else [64, 128])
+    args.img_size = args.img_size or (128 if gpu else 64)
+    args.seconds = args.seconds or (3.0 if gpu else 5.0)
+    args.steps = args.steps or (500 if gpu else 100)
+    args.warmup = args.warmup or (100 if gpu else 20)
+    args.report_steps = args.report_steps or (100 if gpu else args.steps)
+    for name in ("n_images", "src_size", "steps", "warmup", "report_steps", "img_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.n_images < 2 * bench_data.BATCH and not args.data:
+        p.error(f"--n_images must be at least {2 * bench_data.BATCH} (two batches of {bench_data.BATCH})")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.what == "gpu" and not torch.cuda.is_available():
+        sys.exit("error: `gan_dist.bench gpu` needs a CUDA device and torch.cuda.is_available() is False here; "
+                 "run `python -m gan_dist.bench all` for the CPU figures")
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gan-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        data_case, step_case = args.what != "step", args.what != "data"
+        sizes = (set(args.sizes) if data_case else set()) | ({args.img_size} if step_case else set())
+        shards, folders, channels = prepare(args, work, sizes)
+        img_size = next(iter(shards)) if args.data else args.img_size
+        res = Results(args.out, {k: v for k, v in vars(args).items() if k not in ("out", "work")})
+        res.doc["config"].update(img_size=img_size, channels=channels, batch_size=bench_data.BATCH)
+        if data_case:
+            run_data(res, {s: d for s, d in shards.items() if args.data or s in args.sizes}, folders, channels,
+                     args.seconds)
+        if step_case:
+            run = run_gpu if args.what == "gpu" else run_step
+            run(res, work, shards[img_size], folders[img_size], img_size, channels, args.steps, args.warmup,
+                args.report_steps)
+        res.doc["seconds"] = time.perf_counter() - t0
+        res.finish()
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

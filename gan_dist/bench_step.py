@@ -1,0 +1,170 @@
+"""The bench's `step` case: our trainer, the report's loop and a bare PyTorch loop, each in its own process.
+
+All three train the report's MLP pair at batch 64 on the same images. The bare loop is
+our models and losses with the trainer's Adam, batches indexed from a tensor in memory,
+no Accelerate and no WebDataset: the trainer's images/s over the bare loop's is what our
+machinery costs. This module's own entry point runs the bare loop:
+
+    python -m gan_dist.bench_step --data shards/bench64 --steps 100 --warmup 20 [--cpu] [--mixed_precision bf16]
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+BATCH = 64  # the report's --batch_size
+
+
+def _run(cmd, timeout, env=None):
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "WANDB_MODE": "disabled", **(env or {})})
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd[1:4]))} ... failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    return res
+
+
+def _last_json(stdout):
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+def trainer_flags():
+    """The flags `python -m gan_dist.train --help` lists (to skip cases this trainer cannot run)."""
+    res = _run([sys.executable, "-m", "gan_dist.train", "--help"], timeout=120)
+    return {word.strip("[],") for word in res.stdout.split() if word.startswith(("--", "[--"))} - {""}
+
+
+def read_metrics(path, warmup):
+    """Sum up metrics.jsonl rows after step `warmup`: images/s, data-wait fraction, peak GPU memory."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [row for row in rows if "sec_per_step" in row]  # not the rows of evaluations or image statistics
+    prev, images, seconds, wait, mem, steps = 0, 0.0, 0.0, 0.0, None, 0
+    for row in rows:
+        n = row["step"] - prev
+        prev = row["step"]
+        if row["step"] <= warmup:
+            continue
+        interval = n * row["sec_per_step"]
+        images += n * row["global_batch"]
+        seconds += interval
+        wait += row["data_wait"] * interval
+        steps += n
+        if "gpu_mem_gb" in row:
+            mem = max(mem or 0.0, row["gpu_mem_gb"])
+    if not seconds:
+        raise RuntimeError(f"{path}: no rows after the {warmup} warm-up steps")
+    out = {"images_per_s": images / seconds, "data_wait": wait / seconds, "steps": steps}
+    if mem is not None:
+        out["gpu_mem_gb"] = mem
+    return out
+
+
+def trainer_case(shard_dir, img_size, channels, steps, warmup, out_dir, cpu=True, extra=(), timeout=1800):
+    """Run `python -m gan_dist.train` for warmup + steps and measure the steps after the warm-up.
+
+    Metrics rows come every `warmup` steps, so the first row is the warm-up (start-up, first batches)
+    and is left out; `extra` passes further flags (--mixed_precision, --cache_gb, --compile).
+    """
+    total = warmup * math.ceil((warmup + steps) / warmup)
+    cmd = [sys.executable, "-m", "gan_dist.train", "--data", shard_dir, "--img_size", img_size, "--channels", channels,
+           "--batch_size", BATCH, "--report_to", "none", "--output_dir", out_dir, "--max_train_steps", total,
+           "--log_steps", warmup, "--checkpointing_steps", total + 1, "--sample_interval", total + 1,
+           "--checkpoints_total_limit", 1, *(["--cpu"] if cpu else []), *extra]
+    _run(cmd, timeout)
+    return read_metrics(Path(out_dir) / "metrics.jsonl", warmup)
+
+
+def report_case(image_folder, img_size, channels, steps, warmup, out_dir, timeout=1800):
+    """Run the report's loop (gan_dist.report_loop) on the image folder for warmup + steps batches."""
+    res = _run([sys.executable, "-m", "gan_dist.report_loop", "--data", image_folder, "--img_size", img_size,
+                "--channels", channels, "--max-batches", warmup + steps, "--warmup-batches", warmup,
+                "--out", out_dir], timeout)
+    result = _last_json(res.stdout)
+    return {"images_per_s": result["images_per_s"], "steps": result["batches"] - warmup}
+
+
+def bare_case(shard_dir, steps, warmup, cpu=True, mixed_precision="no", timeout=1800):
+    """Run the bare PyTorch loop (this module's main) in a fresh process."""
+    res = _run([sys.executable, "-m", "gan_dist.bench_step", "--data", shard_dir, "--steps", steps,
+                "--warmup", warmup, "--mixed_precision", mixed_precision, *(["--cpu"] if cpu else [])], timeout)
+    return _last_json(res.stdout)
+
+
+def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0):
+    """Train the MLP pair with plain PyTorch on batches held in memory; returns images/s after `warmup` steps."""
+    from gan_dist.data import load_into_memory, load_manifest, shard_counts, to_device_float
+    from gan_dist.losses import d_loss, g_loss
+    from gan_dist.models import GANConfig, build_models
+
+    manifest, urls = load_manifest(shard_dir)
+    images, _ = load_into_memory(urls, 2, shard_counts(manifest, urls))
+    torch.manual_seed(seed)
+    cfg = GANConfig("mlp", 100, manifest["size"], manifest["channels"])
+    G, D = (net.to(device) for net in build_models(cfg))
+    opt_G, opt_D = (_adam(net.parameters(), device) for net in (G, D))
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
+    t0 = None
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        idx = torch.randint(len(images), (BATCH,))
+        real_img = to_device_float(images[idx], device)
+        gen_z = torch.randn(BATCH, cfg.latent_dim, device=device)
+        # (1) D step
+        with autocast():
+            gen_img = G(gen_z)
+            loss_D = d_loss(D(real_img), D(gen_img.detach()))
+        opt_D.zero_grad(set_to_none=True)
+        scaler.scale(loss_D).backward()
+        scaler.step(opt_D)
+        # (2) G step, D frozen as in the trainer
+        D.requires_grad_(False)
+        with autocast():
+            loss_G = g_loss(D(gen_img))
+        opt_G.zero_grad(set_to_none=True)
+        scaler.scale(loss_G).backward()
+        scaler.step(opt_G)
+        scaler.update()
+        D.requires_grad_(True)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": steps * BATCH / seconds, "steps": steps, "loss_D": loss_D.item(),
+            "loss_G": loss_G.item(), "device": str(device)}
+
+
+def _adam(params, device):
+    # the trainer's choice: the fused kernel where this torch has one, else foreach
+    try:
+        return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), fused=device.type in ("cuda", "cpu"))
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), foreach=True)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m gan_dist.bench_step", description="the bench's bare PyTorch loop")
+    p.add_argument("--data", required=True, help="shard directory")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    print(json.dumps(bare_loop(args.data, args.steps, args.warmup, device, args.mixed_precision)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The bench end to end at a tiny size: every case measured, ratios that are the quotients of its figures.
+
+Speed itself is only measured by `make bench`, never asserted here.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from gan_dist import bench, bench_step, report_loop
+
+TINY = ["--img_size", "16", "--n_images", "128", "--src_size", "40", "--steps", "2", "--warmup", "2"]
+
+
+def check_ratios(doc):
+    for name, r in doc["ratios"].items():
+        num, den = doc["cases"][r["num"]][r["key"]], doc["cases"][r["den"]][r["key"]]
+        assert r["value"] == pytest.approx(num / den, rel=1e-12), name
+
+
+@pytest.fixture(scope="module")
+def bench_step_doc(tmp_path_factory):
+    """The step case on the bench's own images (written and packed at 16 px)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    bench.main(["step", *TINY, "--out", str(tmp / "bench.json"), "--work", str(tmp / "work")])
+    return json.loads((tmp / "bench.json").read_text())
+
+
+def test_step_measures_every_case(bench_step_doc):
+    doc = bench_step_doc
+    assert set(doc["cases"]) == {f"step/{c}" for c in ("bare", "trainer", "trainer_streamed", "report")}
+    for name, case in doc["cases"].items():
+        assert case["images_per_s"] > 0, name
+    for name in ("step/trainer", "step/trainer_streamed"):
+        assert 0 <= doc["cases"][name]["data_wait"] < 1
+    assert set(doc["ratios"]) == {"step/trainer_vs_report", "step/trainer_vs_bare", "step/trainer_streamed_vs_bare"}
+    check_ratios(doc)
+    assert doc["ratios"]["step/trainer_vs_bare"]["target"] == 0.95
+    m = doc["machine"]
+    assert m["cores"] >= 1 and m["cpu"] and m["torch"] == torch.__version__ and m["device"]
+    assert doc["config"]["img_size"] == 16 and doc["config"]["batch_size"] == 64
+
+
+def test_tables_show_every_case_and_ratio(bench_step_doc):
+    text = bench.format_tables(bench_step_doc)
+    for name in [*bench_step_doc["cases"], *bench_step_doc["ratios"]]:
+        assert f"| {name} |" in text
+    assert "≥ 0.95×" in text
+
+
+def test_data_case_on_given_shards(digits16, tmp_path):
+    """--data: our shards (16x16 greyscale) against the report's pipeline on the same images written out."""
+    out = tmp_path / "data.json"
+    bench.main(["data", "--data", str(digits16), "--seconds", "0.2", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert set(doc["cases"]) == {"data/report_16", "data/stream_16", "data/memory_16"}
+    assert all(c["images_per_s"] > 0 for c in doc["cases"].values())
+    assert set(doc["ratios"]) == {"data/stream_vs_report_16", "data/stream_vs_report_16/per_core",
+                                  "data/memory_vs_report_16", "data/memory_vs_report_16/per_core"}
+    assert doc["config"]["channels"] == 1
+    check_ratios(doc)
+
+
+def test_report_loop_trains_on_an_image_folder(tmp_path, capsys):
+    folder = bench.bench_data.make_source_images(tmp_path / "images", 130, size=24)
+    report_loop.main(["--data", str(folder), "--img_size", "8", "--max-batches", "3", "--warmup-batches", "1",
+                      "--n_cpu", "0", "--out", str(tmp_path / "out")])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["batches"] == 3 and result["images_per_s"] > 0 and result["device"] in ("cpu", "cuda")
+    assert (tmp_path / "out" / "generator.pth").is_file() and (tmp_path / "out" / "0.png").is_file()
+
+
+def test_read_metrics_skips_warmup_and_weights_intervals(tmp_path):
+    rows = [{"step": 10, "sec_per_step": 9.0, "data_wait": 0.9, "global_batch": 64, "gpu_mem_gb": 1.0},
+            {"step": 20, "sec_per_step": 0.1, "data_wait": 0.1, "global_batch": 64, "gpu_mem_gb": 2.0},
+            {"step": 20, "fid10k": 99.0},
+            {"step": 25, "sec_per_step": 0.2, "data_wait": 0.4, "global_batch": 64, "gpu_mem_gb": 1.5}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = bench_step.read_metrics(path, warmup=10)
+    assert got["steps"] == 15
+    assert got["images_per_s"] == pytest.approx(15 * 64 / (10 * 0.1 + 5 * 0.2))
+    assert got["data_wait"] == pytest.approx((0.1 * 1.0 + 0.4 * 1.0) / 2.0)
+    assert got["gpu_mem_gb"] == 2.0
+
+
+@pytest.mark.parametrize("has_compile", [True, False])
+def test_gpu_cases_and_ratios(monkeypatch, tmp_path, capsys, has_compile):
+    """The GPU run's plan without a GPU: the subprocess cases replaced by fixed figures."""
+    flags = {"--mixed_precision", "--data"} | ({"--compile"} if has_compile else set())
+    monkeypatch.setattr(bench_step, "trainer_flags", lambda: flags)
+    monkeypatch.setattr(bench_step, "report_case", lambda *a, **k: {"images_per_s": 1000.0})
+    monkeypatch.setattr(bench_step, "bare_case", lambda *a, mixed_precision="no", **k: {
+        "images_per_s": 4e4 if mixed_precision == "bf16" else 2e4})
+    seen = []
+
+    def trainer_case(*a, extra=(), **k):
+        seen.append(tuple(extra))
+        return {"images_per_s": 3e4 if "bf16" in extra else 1.5e4, "data_wait": 0.01, "gpu_mem_gb": 1.2}
+    monkeypatch.setattr(bench_step, "trainer_case", trainer_case)
+
+    res = bench.Results(tmp_path / "gpu.json", {})
+    bench.run_gpu(res, tmp_path, "shards", "images", 128, 3, 10, 5, 10)
+    names = [n for n, _ in bench.gpu_cases(has_compile)]
+    assert set(res.cases) == {"gpu/report", "gpu/bare_fp32", "gpu/bare_bf16", *names}
+    assert len(names) == (6 if has_compile else 3)
+    assert all(("--compile" in extra) == name.endswith("_compile") for name, extra in zip(names, seen))
+    doc = json.loads((tmp_path / "gpu.json").read_text())
+    check_ratios(doc)
+    assert doc["ratios"]["gpu/trainer_bf16_vs_report"]["value"] == 30.0
+    assert ("gpu/trainer_bf16_compile_vs_bf16" in doc["ratios"]) == has_compile
+    assert ("skipping the compile cases" in capsys.readouterr().err) == (not has_compile)
+
+
+def test_gpu_without_cuda_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        bench.main(["gpu"])
+    assert "needs a CUDA device" in str(e.value.code)
+
+
+def test_gpu_script_without_cuda_exits_with_a_message():
+    script = ROOT / "launch" / "gpu_bench.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2
+    assert "no CUDA device" in res.stderr

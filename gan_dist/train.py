@@ -32,7 +32,6 @@ from gan_dist.diffaug import diff_augment, parse_policy
 from gan_dist.ema import load_ema, make_ema
 from gan_dist.ema import update as ema_update
 from gan_dist.losses import d_loss, g_loss
-from gan_dist.metrics import evaluate, format_result, inception_for_run
 from gan_dist.models import ARCHS, GANConfig, build_models
 from gan_dist.preemption import EXIT_PREEMPTED, StopSignal
 from gan_dist.stats import TRAIN_KEYS, IntervalStats, grad_norm
@@ -287,6 +286,7 @@ def train(args):
     nets = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}
     extractor = None
     if args.eval_steps:
+        from gan_dist.metrics import evaluate, format_result, inception_for_run  # torchmetrics: 2 s to import
         extractor, why_not = inception_for_run(accelerator, args.inception_weights)
         if why_not:
             accelerator.print(f"warning: {why_not}")

@@ -40,8 +40,8 @@ def test_consistency_check_catches_a_desynchronised_rank():
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            ROOT / "tests" / "ddp_desync_check.py"]
     r = finish(*launch(cmd, timeout=120))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("drift caught") == 2
+    assert "desync not detected" not in r.stderr, r.stderr[-3000:]
+    assert r.stdout.count("drift caught") == 2, r.stderr[-3000:]  # both ranks raised DistributedError
 
 
 

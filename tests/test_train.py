@@ -6,6 +6,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from gan_dist.models import GANConfig, build_models
+from gan_dist.train import main as train_main
 
 from conftest import run_module
 from conftest import train_rows as rows
@@ -63,9 +64,11 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, digits16):
 
 @pytest.fixture(scope="module")
 def finished_run(digits16, tmp_path_factory):
+    """A 2-step run, started with `--resume_from_checkpoint latest` in an empty directory."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    r = train(digits16, out, "--max_train_steps", 2)
+    r = train(digits16, out, "--max_train_steps", 2, "--resume_from_checkpoint", "latest")
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "starting from scratch" in r.stdout  # latest with no checkpoint: a fresh start, not an error
     return out
 
 
@@ -76,12 +79,6 @@ def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, digits16, finished_run):
     r = train(digits16, out, "--max_train_steps", 2)
     assert r.returncode != 0 and "already holds a run" in r.stderr
     assert (out / "metrics.jsonl").read_text() == before
-
-
-def test_resume_latest_without_checkpoint_starts_fresh(tmp_path, digits16):
-    r = train(digits16, tmp_path / "run", "--max_train_steps", 2, "--resume_from_checkpoint", "latest")
-    assert r.returncode == 0, r.stderr
-    assert "starting from scratch" in r.stdout
 
 
 def test_resume_with_other_architecture_is_refused(tmp_path, digits16, finished_run):
@@ -97,14 +94,16 @@ def test_resume_with_other_architecture_is_refused(tmp_path, digits16, finished_
     ("{digits}", ("--img_size", 32), "pass --img_size 16 --channels 1"),
     ("{digits}", ("--arch", "dcgan"), "needs --img_size 32, 64 or 128"),
 ])
-def test_bad_data_and_options_fail_before_training(tmp_path, digits16, data_arg, extra, message):
+def test_bad_data_and_options_fail_before_training(tmp_path, digits16, capsys, data_arg, extra, message):
     (tmp_path / "empty").mkdir()
     data = data_arg.format(tmp=tmp_path, digits=digits16)
-    r = run_module("gan_dist.train", "--cpu", "--data", data, "--img_size", 16, "--channels", 1,
-                   "--output_dir", tmp_path / "run", "--report_to", "none", *extra)
-    assert r.returncode != 0
-    assert message in r.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    argv = ["--cpu", "--data", data, "--img_size", 16, "--channels", 1, "--output_dir", tmp_path / "run",
+            "--report_to", "none", *extra]
+    with pytest.raises(SystemExit) as exc:  # in this process: these checks come before any Accelerator
+        train_main([str(a) for a in argv])
+    assert exc.value.code != 0
+    assert message in str(exc.value.code) + capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_accelerate_launch_and_dcgan(tmp_path):

@@ -29,7 +29,7 @@ from gan_dist.data import load_manifest
 
 TARGETS = {  # from issue 5; printed beside the ratios, never asserted
     "data/memory_vs_report_128/per_core": 10.0,
-    "data/stream_vs_report_128/per_core": 10.0,
+    **{f"data/stream_{fmt}_vs_report_128/per_core": 10.0 for fmt in bench_data.FORMATS},
     "step/trainer_vs_bare": 0.95,
     "gpu/trainer_bf16_vs_report": 20.0,
 }
@@ -117,32 +117,40 @@ def format_tables(doc):
 
 # ---- preparing the images and shards
 
-def prepare(args, work, sizes):
-    """Return (shard dirs by size, image folder for the report's pipeline by size, channels)."""
+def prepare(args, work, sizes, data_sizes):
+    """Return (shard dirs {size: {format: dir}}, image folder for the report's pipeline by size, channels).
+
+    The data case's sizes get every storage format; a size only the step case uses gets PNG."""
     if args.data:
         manifest, _ = load_manifest(args.data)
         folder = bench_data.unpack_to_folder(args.data, work / "report_images")
-        return {manifest["size"]: Path(args.data)}, {manifest["size"]: folder}, manifest["channels"]
+        return ({manifest["size"]: {manifest.get("image_format", "png"): Path(args.data)}},
+                {manifest["size"]: folder}, manifest["channels"])
     src = Path(args.src) if args.src else None
     if src is None:
         print(f"writing {args.n_images} source images ({args.src_size}x{args.src_size} JPEG) ...", file=sys.stderr)
         src = bench_data.make_source_images(work / "source", args.n_images, args.src_size)
     print(f"packing {src} at {sorted(sizes)} px ...", file=sys.stderr, flush=True)
-    shards = bench_data.pack_sizes(src, work, sorted(sizes), machine_info()["cores"])
+    cores = machine_info()["cores"]
+    shards = {}
+    for size in sorted(sizes):
+        shards.update(bench_data.pack_sizes(src, work, [size], cores, args.formats if size in data_sizes else ("png",)))
     return shards, {size: src for size in shards}, 3
 
 
 # ---- the cases
 
-def run_data(res, shards, folders, channels, seconds):
-    """The data case at every size: our streamed and in-memory paths versus the report's pipeline."""
-    for name, case in bench_data.data_cases(shards, folders, seconds, channels).items():
+def run_data(res, shards, folders, channels, seconds, decode_device=None):
+    """The data case at every size: our streamed (each format) and in-memory paths versus the report's pipeline."""
+    for name, case in bench_data.data_cases(shards, folders, seconds, channels, decode_device).items():
         res.add(name, case)
     for size in sorted(shards):
-        for ours in ("stream", "memory"):
-            res.ratio(f"data/{ours}_vs_report_{size}", f"data/{ours}_{size}", f"data/report_{size}")
-            res.ratio(f"data/{ours}_vs_report_{size}/per_core", f"data/{ours}_{size}", f"data/report_{size}",
+        ours = [f"stream_{fmt}" for fmt in shards[size]] + ["stream_jpg_on_device", "memory"]
+        for path in ours:
+            res.ratio(f"data/{path}_vs_report_{size}", f"data/{path}_{size}", f"data/report_{size}")
+            res.ratio(f"data/{path}_vs_report_{size}/per_core", f"data/{path}_{size}", f"data/report_{size}",
                       key="images_per_s_per_core")
+        res.ratio(f"data/tar_ours_vs_webdataset_{size}", f"data/tar_ours_{size}", f"data/tar_webdataset_{size}")
 
 
 def run_step(res, work, shard_dir, folder, img_size, channels, steps, warmup, report_steps):
@@ -216,6 +224,8 @@ def parse_args(argv=None):
     p.add_argument("--work", default=None, help="keep images, shards and runs here (default: a temporary folder)")
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="data case image sizes (default 64 128; gpu: 128)")
+    p.add_argument("--formats", nargs="+", choices=bench_data.FORMATS, default=list(bench_data.FORMATS),
+                   help="shard formats the data case streams (gan_dist.shard --format)")
     p.add_argument("--img_size", type=int, default=None,
                    help="step case image size (default 64 on the CPU, where 128 takes 4x longer; gpu: 128)")
     p.add_argument("--n_images", type=int, default=2048, help="source images the bench writes")
@@ -252,17 +262,18 @@ def main(argv=None):
     try:
         data_case, step_case = args.what != "step", args.what != "data"
         sizes = (set(args.sizes) if data_case else set()) | ({args.img_size} if step_case else set())
-        shards, folders, channels = prepare(args, work, sizes)
+        shards, folders, channels = prepare(args, work, sizes, set(args.sizes) if data_case else set())
         img_size = next(iter(shards)) if args.data else args.img_size
         res = Results(args.out, {k: v for k, v in vars(args).items() if k not in ("out", "work")})
         res.doc["config"].update(img_size=img_size, channels=channels, batch_size=bench_data.BATCH)
         if data_case:
             run_data(res, {s: d for s, d in shards.items() if args.data or s in args.sizes}, folders, channels,
-                     args.seconds)
+                     args.seconds, decode_device="cuda" if args.what == "gpu" else None)
         if step_case:
             run = run_gpu if args.what == "gpu" else run_step
-            run(res, work, shards[img_size], folders[img_size], img_size, channels, args.steps, args.warmup,
-                args.report_steps)
+            by_format = shards[img_size]
+            run(res, work, by_format.get("png", next(iter(by_format.values()))), folders[img_size], img_size,
+                channels, args.steps, args.warmup, args.report_steps)
         res.doc["seconds"] = time.perf_counter() - t0
         res.finish()
     finally:

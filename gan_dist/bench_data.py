@@ -2,23 +2,27 @@
 
 Both read the same source images on the same cores: the report's pipeline decodes each
 source JPEG and resizes it per sample (ImageFolder + Resize + ToTensor + Normalize, 2
-workers, batch 64); ours reads pre-resized shards, either streamed by 2 workers or
-decoded once into memory, where a step's cost is an index into a tensor.
+workers, batch 64); ours reads pre-resized shards (PNG, JPEG or raw .npy), either streamed
+by 2 workers or decoded once into memory, where a step's cost is an index into a tensor.
+On a GPU, JPEG shards are also streamed undecoded and decoded batch by batch on the device.
 """
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import webdataset as wds
 from PIL import Image
 
-from gan_dist.data import (epoch_batches, load_into_memory, load_manifest, memory_epoch_batches, shard_counts,
-                           to_device_float)
+from gan_dist.data import (device_decoded, epoch_batches, load_into_memory, load_manifest, memory_epoch_batches,
+                           shard_counts, to_device_float)
 from gan_dist.shard import pack
+from gan_dist.tarstream import tar_samples
 
 # scikit-image's bundled colour photos: no download
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 REPORT_WORKERS = 2  # the report's --n_cpu 2
+FORMATS = ("png", "jpg", "npy")  # gan_dist.shard --format
 BATCH = 64  # the report's --batch_size
 
 
@@ -45,12 +49,14 @@ def make_source_images(folder, n, size=250, seed=0, quality=90):
     return Path(folder)
 
 
-def pack_sizes(src_folder, out_root, sizes, workers):
-    """Pack the source folder into RGB PNG shards at each size; returns {size: shard dir}."""
+def pack_sizes(src_folder, out_root, sizes, workers, formats=FORMATS):
+    """Pack the source folder into RGB shards at each size and format; returns {size: {format: shard dir}}."""
     dirs = {}
     for size in sizes:
-        dirs[size] = Path(out_root) / f"shards{size}"
-        pack("folder", dirs[size], src=src_folder, size=size, channels=3, shard_size=500, workers=workers)
+        for fmt in formats:
+            out = Path(out_root) / f"shards{size}_{fmt}"
+            pack("folder", out, src=src_folder, size=size, channels=3, shard_size=500, workers=workers, fmt=fmt)
+            dirs.setdefault(size, {})[fmt] = out
     return dirs
 
 
@@ -65,23 +71,42 @@ def unpack_to_folder(shard_dir, folder):
     return Path(folder)
 
 
-def _rate(batches, seconds, warmup, to_float=True):
+def _rate(batches, seconds, warmup, device="cpu", to_float=True):
     """Images/s over batches after the first `warmup`, running for at least `seconds` (batches is a
-    function of the pass number, so short datasets are read again)."""
+    function of the pass number, so short datasets are read again); batches end as float on `device`."""
     n_imgs, t0, seen, epoch = 0, None, 0, 0
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     while True:
         for batch in batches(epoch):
             batch = batch[0] if isinstance(batch, (tuple, list)) else batch
             if to_float:
-                batch = to_device_float(batch, "cpu")
+                batch = to_device_float(batch, device)
             seen += 1
             if seen == warmup:
+                sync()
                 t0 = time.perf_counter()
             elif t0 is not None:
                 n_imgs += batch.size(0)
                 if time.perf_counter() - t0 >= seconds:
+                    sync()
                     return n_imgs / (time.perf_counter() - t0)
         epoch += 1
+
+
+def tar_rate(shard_dir, seconds, reader):
+    """Samples/s of reading shards into samples, nothing decoded, in this process: `reader` is "ours"
+    (gan_dist.tarstream) or "webdataset" (its tarfile-based reader)."""
+    _, urls = load_manifest(shard_dir)
+
+    def reraise(exn):
+        raise exn
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        shards = wds.SimpleShardList(urls)
+        samples = tar_samples(shards, reraise) if reader == "ours" else wds.tarfile_to_samples()(shards)
+        for _ in samples:
+            n += 1
+    return n / (time.perf_counter() - t0)
 
 
 def report_pipeline_rate(folder, size, seconds, warmup=3, workers=REPORT_WORKERS, channels=3):
@@ -97,12 +122,17 @@ def report_pipeline_rate(folder, size, seconds, warmup=3, workers=REPORT_WORKERS
     return _rate(lambda epoch: loader, seconds, warmup, to_float=False)
 
 
-def stream_rate(shard_dir, seconds, warmup=3, workers=REPORT_WORKERS):
-    """Images/s of our streamed path: shards decoded to uint8 by `workers`, scaled to float in [-1, 1]."""
+def stream_rate(shard_dir, seconds, warmup=3, workers=REPORT_WORKERS, decode_device=None):
+    """Images/s of our streamed path: shards decoded to uint8 by `workers`, scaled to float in [-1, 1].
+    With `decode_device`, the workers pass JPEGs undecoded and each batch is decoded there."""
     manifest, urls = load_manifest(shard_dir)
     steps = max(1, manifest["count"] // BATCH)
-    return _rate(lambda epoch: epoch_batches(urls, BATCH, steps, 0, epoch, workers,
-                                             expected=shard_counts(manifest, urls)), seconds, warmup)
+
+    def batches(epoch):
+        stream = epoch_batches(urls, BATCH, steps, 0, epoch, workers, expected=shard_counts(manifest, urls),
+                               pin_memory=decode_device is not None, encoded=decode_device is not None)
+        return device_decoded(stream, decode_device, manifest["channels"]) if decode_device else stream
+    return _rate(batches, seconds, warmup, device=decode_device or "cpu")
 
 
 def memory_rate(shard_dir, seconds, warmup=3):
@@ -115,21 +145,33 @@ def memory_rate(shard_dir, seconds, warmup=3):
     return _rate(lambda epoch: memory_epoch_batches(images, BATCH, steps, 0, epoch, 0, 1), seconds, warmup), load_s
 
 
-def data_cases(shard_dirs, report_folders, seconds, channels=3):
+def data_cases(shard_dirs, report_folders, seconds, channels=3, decode_device=None):
     """Measure every data case at each size; returns {name: {"images_per_s", "cores", ...}}.
 
-    shard_dirs and report_folders map a size to our shards and to the image folder the report's pipeline reads.
+    shard_dirs maps a size to {format: shard dir}; report_folders maps it to the image folder the
+    report's pipeline reads. With `decode_device` (a CUDA device), JPEG shards are also streamed
+    undecoded and decoded there.
 
     `cores` is what each path keeps busy: its worker processes, or the main process alone.
     """
     cases = {}
-    for size, shard_dir in sorted(shard_dirs.items()):
-        folder = report_folders[size]
-        cases[f"data/report_{size}"] = {"images_per_s": report_pipeline_rate(folder, size, seconds, channels=channels),
-                                        "cores": REPORT_WORKERS, "what": "ImageFolder+Resize+ToTensor+Normalize"}
-        cases[f"data/stream_{size}"] = {"images_per_s": stream_rate(shard_dir, seconds), "cores": REPORT_WORKERS,
-                                        "what": "shards streamed, uint8 -> float"}
-        rate, load_s = memory_rate(shard_dir, seconds)
+    for size, by_format in sorted(shard_dirs.items()):
+        cases[f"data/report_{size}"] = {
+            "images_per_s": report_pipeline_rate(report_folders[size], size, seconds, channels=channels),
+            "cores": REPORT_WORKERS, "what": "ImageFolder+Resize+ToTensor+Normalize"}
+        for fmt, shard_dir in by_format.items():
+            cases[f"data/stream_{fmt}_{size}"] = {"images_per_s": stream_rate(shard_dir, seconds),
+                                                  "cores": REPORT_WORKERS,
+                                                  "what": f"{fmt} shards streamed, uint8 -> float"}
+        if decode_device is not None and "jpg" in by_format:
+            cases[f"data/stream_jpg_on_device_{size}"] = {
+                "images_per_s": stream_rate(by_format["jpg"], seconds, decode_device=decode_device),
+                "cores": REPORT_WORKERS, "what": f"jpg shards streamed undecoded, batch decoded on {decode_device}"}
+        for reader in ("webdataset", "ours"):
+            cases[f"data/tar_{reader}_{size}"] = {
+                "images_per_s": tar_rate(next(iter(by_format.values())), seconds, reader), "cores": 1,
+                "what": f"tar -> samples, no decoding ({'gan_dist.tarstream' if reader == 'ours' else 'tarfile'})"}
+        rate, load_s = memory_rate(next(iter(by_format.values())), seconds)
         cases[f"data/memory_{size}"] = {"images_per_s": rate, "cores": 1, "load_s": load_s,
                                         "what": "in memory, index + uint8 -> float"}
     for case in cases.values():

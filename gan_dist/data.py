@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from gan_dist.preemption import ignore_stop_signals
 from gan_dist.shard import MANIFEST
+from gan_dist.tarstream import tar_samples
 
 
 class DataError(Exception):
@@ -59,54 +60,137 @@ def load_manifest(data, shard_url=None):
     return manifest, urls
 
 
-def check_matches(manifest, img_size, channels, data):
-    """Raise DataError unless the shards hold img_size x img_size x channels images."""
+def check_matches(manifest, img_size, channels, data, jpeg=False):
+    """Raise DataError unless the shards hold img_size x img_size x channels images (as JPEG if `jpeg`)."""
     if (manifest["size"], manifest["channels"]) != (img_size, channels):
         raise DataError(
             f"--data {data} holds {manifest['size']}x{manifest['size']}x{manifest['channels']} "
             f"images but the model was asked for --img_size {img_size} --channels {channels}; "
             f"pass --img_size {manifest['size']} --channels {manifest['channels']} "
             f"or repack with --size {img_size} --channels {channels}")
+    if jpeg and manifest.get("image_format", "png") != "jpg":
+        raise DataError(f"--decode_on_device decodes JPEG, but --data {data} holds {manifest.get('image_format', 'png')}"
+                        " images; repack it with `python -m gan_dist.shard ... --format jpg`, or drop the flag")
+
+
+_NPY_HEADERS = {}  # a .npy header -> (its length, shape, values); one entry per dataset layout
+
+
+def _npy_array(data):
+    """A uint8 .npy file's bytes -> a numpy view of them (no copy; np.load re-parses and copies every time)."""
+    v1 = data[6:7] == b"\x01"
+    length = 10 + int.from_bytes(data[8:10], "little") if v1 else 12 + int.from_bytes(data[8:12], "little")
+    header = bytes(data[:length])
+    if header not in _NPY_HEADERS:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)  # checks magic, dtype and order once
+        if arr.dtype != np.uint8 or np.isfortran(arr):
+            raise ValueError(f".npy image is {arr.dtype}{' (Fortran order)' if np.isfortran(arr) else ''}, "
+                             f"not C-ordered uint8; repack with `python -m gan_dist.shard --format npy`")
+        if len(_NPY_HEADERS) > 64:
+            _NPY_HEADERS.clear()
+        _NPY_HEADERS[header] = (arr.shape if arr.ndim == 3 else (*arr.shape, 1)), arr.size
+    shape, count = _NPY_HEADERS[header]
+    return np.frombuffer(data, np.uint8, count=count, offset=length).reshape(shape)
+
+
+def _writable(data):
+    return data if isinstance(data, bytearray) else bytearray(data)  # torch warns on read-only buffers
+
+
+def _decode(sample):
+    """A sample -> its image: uint8 (C, H, W) tensor for PNG/JPEG, uint8 (H, W, C) numpy view for .npy."""
+    if "npy" in sample:
+        return _npy_array(_writable(sample["npy"]))
+    for key in ("png", "jpg", "jpeg"):
+        if key in sample:
+            return decode_image(torch.frombuffer(_writable(sample[key]), dtype=torch.uint8))
+    raise ValueError(f"sample {sample.get('__key__')} has no image (keys: {sorted(sample)})")
+
+
+def _collate(images):
+    """Decoded images -> uint8 (B, C, H, W). .npy images (H, W, C) are stacked as they are and come out
+    channels-last: a uint8 transpose on the CPU costs more than decoding, and the trainer makes the
+    batch contiguous on the device."""
+    if isinstance(images[0], np.ndarray):
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    return torch.stack(images)
+
+
+def _as_chw(img):
+    return torch.from_numpy(img).permute(2, 0, 1) if isinstance(img, np.ndarray) else img
 
 
 def decode_sample(sample):
     """PNG/JPEG bytes or a raw uint8 .npy array -> uint8 tensor (C, H, W)."""
-    for key in ("png", "jpg", "jpeg", "npy"):
-        if key in sample:
-            if key == "npy":
-                arr = np.load(io.BytesIO(sample[key]), allow_pickle=False)
-            else:
-                arr = np.asarray(Image.open(io.BytesIO(sample[key])))
-            break
-    else:
-        raise ValueError(f"sample {sample.get('__key__')} has no image (keys: {sorted(sample)})")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return _as_chw(_decode(sample))
 
 
 def _decode_or_none(sample):
     if sample is None:  # a sample a damaged shard should have held
         return None
     try:
-        return decode_sample(sample)
+        return _decode(sample)
     except Exception:  # a corrupt or truncated image: counted as skipped downstream
         return None
 
 
-def _decode_batches(src, batch_size):
-    """Samples (None for one a damaged shard should have held) -> (uint8 batch (B, C, H, W), skipped since the
-    last batch). One stage rather than wds.map + wds.batched: wds.map drops None, which we need to count."""
-    images, skipped = [], 0
+def _jpeg_or_none(sample):
+    return None if sample is None else sample.get("jpg", sample.get("jpeg"))
+
+
+def _concat_jpegs(jpegs):
+    """JPEG bytes -> (one uint8 tensor of them all, int64 offsets (B + 1)): one tensor leaves the worker, not B."""
+    offsets = torch.tensor([0] + [len(j) for j in jpegs]).cumsum(0)
+    return torch.frombuffer(bytearray(b"".join(jpegs)), dtype=torch.uint8), offsets
+
+
+def _batches(src, batch_size, prepare, collate):
+    """Samples (None for one a damaged shard should have held) -> (collate(batch_size prepared samples), samples
+    skipped since the last batch). One stage rather than wds.map + wds.batched: wds.map drops None, which we
+    need to count."""
+    items, skipped = [], 0
     for sample in src:
-        img = _decode_or_none(sample)
-        if img is None:
+        item = prepare(sample)
+        if item is None:
             skipped += 1
             continue
-        images.append(img)
-        if len(images) == batch_size:
-            yield torch.stack(images), skipped
-            images, skipped = [], 0
+        items.append(item)
+        if len(items) == batch_size:
+            yield collate(items), skipped
+            items, skipped = [], 0
+
+
+def decode_on_device(encoded, device, channels):
+    """A batch from `epoch_batches(..., encoded=True)` -> (uint8 (B, C, H, W) on `device`, images that failed).
+
+    The JPEGs are decoded in one batched call on `device` (nvJPEG on CUDA). An image that fails
+    to decode is replaced by another of the same batch and counted, as the workers count theirs.
+    """
+    data, offsets = encoded
+    bounds = offsets.tolist()
+    jpegs = [data[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    try:
+        return torch.stack(decode_jpeg(jpegs, mode=mode, device=device)), 0
+    except RuntimeError:  # one bad image fails the whole call: find it
+        images = []
+        for jpeg in jpegs:
+            try:
+                images.append(decode_jpeg(jpeg, mode=mode, device=device))
+            except RuntimeError:
+                images.append(None)
+    good = [img for img in images if img is not None]
+    if not good:
+        raise DataError(f"none of the {len(images)} JPEGs of a batch could be decoded on {device}; repack the data")
+    return torch.stack([img if img is not None else good[i % len(good)] for i, img in enumerate(images)]), \
+        len(images) - len(good)
+
+
+def device_decoded(batches, device, channels):
+    """(encoded batch, skipped) from `epoch_batches(..., encoded=True)` -> (uint8 batch on device, skipped)."""
+    for encoded, skipped in batches:
+        images, failed = decode_on_device(encoded, device, channels)
+        yield images, skipped + failed
 
 
 def _skip_bad_shard(exn):
@@ -125,7 +209,7 @@ def _checked_shard_samples(src, expected):
     member boundary reads as a clean end) is reported, and its missing samples come out as None."""
     for shard in src:
         n = 0
-        for sample in wds.tarfile_to_samples(handler=_skip_bad_shard)([shard]):
+        for sample in tar_samples([shard], handler=_skip_bad_shard):
             n += 1
             yield sample
         missing = (expected or {}).get(shard["url"], n) - n
@@ -143,20 +227,23 @@ class _WorkerShuffle(wds.detshuffle):
         return super().run(src)
 
 
-def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000, expected=None):
-    """An endless, seeded WebDataset pipeline of (uint8 batch (B, C, H, W), images skipped)."""
+def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000, expected=None, encoded=False):
+    """An endless, seeded WebDataset pipeline of (uint8 batch (B, C, H, W), images skipped).
+
+    With `encoded`, batches hold the JPEGs undecoded, for `decode_on_device`."""
     epoch_seed = wds.utils.make_seed(seed, epoch)
     return wds.DataPipeline(
         # deterministic=True: the seed is (rank, worker, epoch_seed), never the clock
         wds.ResampledShards(urls, seed=epoch_seed, deterministic=True),
         wds.pipelinefilter(_checked_shard_samples)(expected),
         _WorkerShuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=epoch_seed),
-        wds.pipelinefilter(_decode_batches)(batch_size),
+        wds.pipelinefilter(_batches)(batch_size, *((_jpeg_or_none, _concat_jpegs) if encoded
+                                                    else (_decode_or_none, _collate))),
     )
 
 
 def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, skip=0,
-                  pin_memory=False, expected=None):
+                  pin_memory=False, expected=None, encoded=False):
     """Yield exactly `steps_per_epoch - skip` (uint8 batch, images skipped) of this rank's stream for `epoch`.
 
     Args:
@@ -169,10 +256,11 @@ def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, s
         skip: batches already consumed in this epoch (resume).
         pin_memory: pin host memory for faster, non-blocking copies to a GPU.
         expected: {url: sample count} from the manifest, to count samples of truncated shards as skipped.
+        encoded: batches of undecoded JPEGs (`decode_on_device` decodes them) instead of images.
     """
     loader = torch.utils.data.DataLoader(
-        image_stream(urls, batch_size, seed, epoch, expected=expected), batch_size=None, num_workers=num_workers,
-        pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
+        image_stream(urls, batch_size, seed, epoch, expected=expected, encoded=encoded), batch_size=None,
+        num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
         # An explicit generator keeps the loader from drawing from the global torch RNG,
         # which would shift every later noise sample (and break exact resume).
         generator=torch.Generator().manual_seed(seed))
@@ -184,25 +272,42 @@ def decoded_gib(manifest):
     return manifest["count"] * manifest["channels"] * manifest["size"] ** 2 / 2**30
 
 
-def _keyed_decode(sample):
-    if sample is None:
-        return "", "", None
-    return sample["__url__"], sample["__key__"], _decode_or_none(sample)
+def _keyed_chunks(src, size=256):
+    """Samples -> ([(url, key)], their images as one uint8 tensor, samples that failed) per `size` samples:
+    one tensor crosses from a worker per chunk (each tensor passed costs a file descriptor and ~1 ms)."""
+    names, images, failed = [], [], 0
+    for sample in src:
+        img = _decode_or_none(sample)
+        if img is None:
+            failed += 1
+        else:
+            names.append((sample["__url__"], sample["__key__"]))
+            images.append(img)
+        if len(names) + failed == size:
+            yield names, _collate(images) if images else None, failed
+            names, images, failed = [], [], 0
+    if names or failed:
+        yield names, _collate(images) if images else None, failed
 
 
 def load_into_memory(urls, num_workers=0, expected=None):
     """Decode every image in `urls` once; return (uint8 tensor (N, C, H, W) in (shard, key) order, images skipped)."""
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls), wds.split_by_worker, wds.pipelinefilter(_checked_shard_samples)(expected),
-        wds.map(_keyed_decode))
+        wds.pipelinefilter(_keyed_chunks)())
     loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=min(num_workers, len(urls)),
                                          worker_init_fn=ignore_stop_signals,
                                          generator=torch.Generator())  # leave the global RNG alone
-    samples = sorted(loader, key=lambda s: s[:2])  # the same order whatever the worker count
-    images = [img for _, _, img in samples if img is not None]
-    if not images:
-        raise DataError(f"none of the {len(samples)} images in the shards could be decoded; repack the data")
-    return torch.stack(images), len(samples) - len(images)
+    names, chunks, skipped = [], [], 0
+    for chunk_names, chunk, failed in loader:
+        names += chunk_names
+        skipped += failed
+        if chunk is not None:
+            chunks.append(chunk)
+    if not names:
+        raise DataError(f"none of the {skipped} images in the shards could be decoded; repack the data")
+    order = sorted(range(len(names)), key=names.__getitem__)  # the same order whatever the worker count
+    return torch.cat(chunks)[torch.tensor(order)].contiguous(), skipped
 
 
 def memory_epoch_batches(images, batch_size, steps_per_epoch, seed, epoch, rank, world_size, skip=0):

@@ -23,8 +23,8 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from gan_dist.checkpoint import check_finite, read_meta, remove_partials, resolve_resume, save_checkpoint
-from gan_dist.data import (DataError, check_matches, decoded_gib, epoch_batches, first_batch, load_into_memory,
-                           load_manifest, memory_epoch_batches, shard_counts, to_device_float)
+from gan_dist.data import (DataError, check_matches, decoded_gib, device_decoded, epoch_batches, first_batch,
+                           load_into_memory, load_manifest, memory_epoch_batches, shard_counts, to_device_float)
 from gan_dist.colour import DriftTracker, colour_report, colour_stats
 from gan_dist.ddp import (COMM_HOOKS, DistributedError, check_consistency, check_launch, convert_sync_bn, ddp_kwargs,
                           sync_buffers)
@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--cache_gb", type=float, default=4.0,
                    help="hold the decoded dataset in each process's RAM when it is at most this many GiB "
                         "(true epochs, no decoding per step); 0 streams from the shards always")
+    p.add_argument("--decode_on_device", action="store_true",
+                   help="stream JPEG shards (--format jpg) and decode each batch on the training device "
+                        "(nvJPEG on CUDA); the workers only read the tars")
     p.add_argument("--latent_dim", type=int, default=100)
     p.add_argument("--img_size", type=int, default=128)
     p.add_argument("--channels", type=int, default=3)
@@ -204,7 +207,7 @@ def check_output_dir(output_dir, resume_from):
 
 def data_source(args, manifest, urls, accelerator, steps_per_epoch):
     """Return (batches_of(epoch, skip) -> iterator of (uint8 batch, skipped), description, skipped at load)."""
-    if decoded_gib(manifest) <= args.cache_gb:
+    if decoded_gib(manifest) <= args.cache_gb and not args.decode_on_device:
         images, skipped = load_into_memory(urls, args.n_cpu, shard_counts(manifest, urls))
         if skipped / (skipped + len(images)) > args.max_skip_fraction:
             raise DataError(f"{skipped} of {skipped + len(images)} images in {args.data} could not be decoded, "
@@ -216,14 +219,17 @@ def data_source(args, manifest, urls, accelerator, steps_per_epoch):
         return batches_of, f"in memory ({decoded_gib(manifest):.2f} GiB decoded)", skipped
 
     def batches_of(epoch, skip):
-        return epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu, skip=skip,
-                             pin_memory=accelerator.device.type == "cuda", expected=shard_counts(manifest, urls))
-    return batches_of, f"streamed from {len(urls)} shards by {args.n_cpu} workers", 0
+        batches = epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu, skip=skip,
+                                pin_memory=accelerator.device.type == "cuda", expected=shard_counts(manifest, urls),
+                                encoded=args.decode_on_device)
+        return device_decoded(batches, accelerator.device, args.channels) if args.decode_on_device else batches
+    where = f", JPEG decoded on {accelerator.device}" if args.decode_on_device else ""
+    return batches_of, f"streamed from {len(urls)} shards by {args.n_cpu} workers{where}", 0
 
 
 def train(args):
     manifest, urls = load_manifest(args.data, args.shard_url)
-    check_matches(manifest, args.img_size, args.channels, args.data)
+    check_matches(manifest, args.img_size, args.channels, args.data, jpeg=args.decode_on_device)
     gan_config = GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, args.resume_from_checkpoint)

@@ -57,12 +57,28 @@ def test_data_case_on_given_shards(digits16, tmp_path):
     out = tmp_path / "data.json"
     bench.main(["data", "--data", str(digits16), "--seconds", "0.2", "--out", str(out)])
     doc = json.loads(out.read_text())
-    assert set(doc["cases"]) == {"data/report_16", "data/stream_16", "data/memory_16"}
+    assert set(doc["cases"]) == {"data/report_16", "data/stream_png_16", "data/memory_16", "data/tar_ours_16",
+                                 "data/tar_webdataset_16"}
     assert all(c["images_per_s"] > 0 for c in doc["cases"].values())
-    assert set(doc["ratios"]) == {"data/stream_vs_report_16", "data/stream_vs_report_16/per_core",
-                                  "data/memory_vs_report_16", "data/memory_vs_report_16/per_core"}
+    assert set(doc["ratios"]) == {"data/stream_png_vs_report_16", "data/stream_png_vs_report_16/per_core",
+                                  "data/memory_vs_report_16", "data/memory_vs_report_16/per_core",
+                                  "data/tar_ours_vs_webdataset_16"}
     assert doc["config"]["channels"] == 1
     check_ratios(doc)
+
+
+def test_data_case_streams_every_storage_format(tmp_path):
+    """The bench's own images packed as png, jpg and npy at 16 px; the 128 px targets are printed by name."""
+    out = tmp_path / "data.json"
+    bench.main(["data", "--sizes", "16", "--n_images", "128", "--src_size", "40", "--seconds", "0.2",
+                "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert set(doc["cases"]) == {"data/report_16", "data/memory_16", "data/tar_ours_16", "data/tar_webdataset_16",
+                                 *(f"data/stream_{f}_16" for f in ("png", "jpg", "npy"))}
+    assert doc["cases"]["data/stream_npy_16"]["cores"] == 2 and doc["cases"]["data/memory_16"]["cores"] == 1
+    assert len(doc["ratios"]) == 9
+    check_ratios(doc)
+    assert bench.TARGETS["data/stream_npy_vs_report_128/per_core"] == 10.0
 
 
 def test_report_loop_trains_on_an_image_folder(tmp_path, capsys):

@@ -1,11 +1,14 @@
+import io
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gan_dist.data import (DataError, check_matches, epoch_batches, load_into_memory, load_manifest,
                            memory_epoch_batches, to_device_float)
-from gan_dist.shard import MANIFEST
+from gan_dist.shard import MANIFEST, pack
 
 
 def batches(urls, epoch=0, seed=0, skip=0, workers=0, steps=6, bs=32):
@@ -97,3 +100,69 @@ def test_in_memory_epochs_deal_disjoint_batches_to_ranks(digits16):
     assert not torch.equal(next_epoch, torch.cat(perm_rank0))
     resumed = indices(0, 0, skip=3)
     assert all(torch.equal(a, b) for a, b in zip(perm_rank0[3:], resumed)) and len(resumed) == steps - 3
+
+
+@pytest.fixture(scope="module")
+def photo_packs(tmp_path_factory):
+    """The same 24 smooth 32x32 RGB images packed as png, jpg and npy (2 shards each)."""
+    root = tmp_path_factory.mktemp("photos")
+    ramp = np.linspace(0, 255, 32, dtype=np.uint8)
+    for i in range(24):
+        arr = np.stack([ramp[None].repeat(32, 0), ramp[:, None].repeat(32, 1), np.full((32, 32), 10 * i)], -1)
+        (root / "src").mkdir(exist_ok=True)
+        Image.fromarray(np.roll(arr, i, axis=1).astype(np.uint8)).save(root / "src" / f"{i:02d}.png")
+    return {fmt: pack("folder", root / fmt, src=root / "src", size=32, channels=3, shard_size=12, fmt=fmt) and
+            root / fmt for fmt in ("png", "jpg", "npy")}
+
+
+def test_formats_decode_to_the_same_batches(photo_packs):
+    """png and npy give identical pixels (npy's batch is a channels-last view of the same values), jpg close."""
+    streams = {}
+    for fmt, data in photo_packs.items():
+        manifest, urls = load_manifest(data)
+        streams[fmt] = next(epoch_batches(urls, 8, 1, 0, 0, 0))[0]
+        assert streams[fmt].shape == (8, 3, 32, 32) and streams[fmt].dtype == torch.uint8
+        in_memory, _ = load_into_memory(urls)
+        assert in_memory.is_contiguous() and in_memory.shape == (24, 3, 32, 32)
+    assert torch.equal(streams["npy"], streams["png"])
+    assert streams["npy"].is_contiguous(memory_format=torch.channels_last)
+    assert (streams["jpg"].int() - streams["png"].int()).abs().float().mean() < 6  # lossy, same images
+
+
+def test_npy_fast_path_checks_dtype_and_order(tmp_path):
+    from gan_dist.data import decode_sample
+    img = np.arange(5 * 4 * 3, dtype=np.uint8).reshape(5, 4, 3)
+    for arr in (img, img[:, :, 0]):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        got = decode_sample({"npy": buf.getvalue()})
+        assert torch.equal(got, torch.from_numpy(arr.reshape(5, 4, -1)).permute(2, 0, 1))
+    for bad, what in ((img.astype(np.float32), "float32"), (np.asfortranarray(img), "Fortran order")):
+        buf = io.BytesIO()
+        np.save(buf, bad)
+        with pytest.raises(ValueError, match=what):
+            decode_sample({"npy": buf.getvalue()})
+
+
+def test_decode_on_device_matches_the_workers_and_replaces_a_bad_jpeg(photo_packs):
+    from gan_dist.data import decode_on_device, device_decoded
+    manifest, urls = load_manifest(photo_packs["jpg"])
+    decoded = next(epoch_batches(urls, 8, 1, 0, 0, 0))[0]
+    (data, offsets), skipped = next(epoch_batches(urls, 8, 1, 0, 0, 2, encoded=True))
+    assert skipped == 0 and data.dtype == torch.uint8 and data.dim() == 1 and offsets.tolist()[-1] == len(data)
+    images, failed = decode_on_device((data, offsets), "cpu", 3)
+    assert failed == 0 and torch.equal(images, decoded)
+
+    broken = data.clone()
+    broken[offsets[2]:offsets[3]] = 0  # the third JPEG is now zeros
+    images, failed = decode_on_device((broken, offsets), "cpu", 3)
+    assert failed == 1 and images.shape == decoded.shape
+    assert torch.equal(images[[0, 1, 3]], decoded[[0, 1, 3]])
+
+    batches = list(device_decoded([((broken, offsets), 2)], "cpu", 3))
+    assert batches[0][1] == 3  # the workers' 2 and the one that failed here
+    with pytest.raises(DataError, match="none of the 8 JPEGs"):
+        decode_on_device((torch.zeros_like(data), offsets), "cpu", 3)
+
+    with pytest.raises(DataError, match="--format jpg"):
+        check_matches(load_manifest(photo_packs["png"])[0], 32, 3, photo_packs["png"], jpeg=True)

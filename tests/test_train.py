@@ -93,6 +93,7 @@ def test_resume_with_other_architecture_is_refused(tmp_path, digits16, finished_
     ("{tmp}/empty", (), "no manifest.json"),
     ("{digits}", ("--img_size", 32), "pass --img_size 16 --channels 1"),
     ("{digits}", ("--arch", "dcgan"), "needs --img_size 32, 64 or 128"),
+    ("{digits}", ("--decode_on_device",), "holds png images; repack it with"),
 ])
 def test_bad_data_and_options_fail_before_training(tmp_path, digits16, capsys, data_arg, extra, message):
     (tmp_path / "empty").mkdir()
@@ -122,15 +123,19 @@ def test_accelerate_launch_and_dcgan(tmp_path):
     assert rows(out)[-1]["step"] == 3
 
 
-def test_shards_from_a_url_template(tmp_path, digits16):
-    """--shard_url reads shards through any WebDataset URL (here a pipe:), --data only holds the manifest."""
+def test_shards_from_a_url_template_decoded_on_the_device(tmp_path):
+    """--shard_url reads shards through any WebDataset URL (here a pipe:), --data only holds the manifest;
+    --decode_on_device leaves JPEGs undecoded in the workers and decodes each batch on the device (here the CPU)."""
+    from gan_dist.shard import pack
+    pack("digits", tmp_path / "jpg", size=16, channels=1, shard_size=500, fmt="jpg")
     (tmp_path / "meta").mkdir()
-    (tmp_path / "meta" / "manifest.json").write_bytes((digits16 / "manifest.json").read_bytes())
+    (tmp_path / "meta" / "manifest.json").write_bytes((tmp_path / "jpg" / "manifest.json").read_bytes())
     out = tmp_path / "run"
-    r = train(tmp_path / "meta", out, "--shard_url", f"pipe:cat {digits16}/{{file}}", "--cache_gb", 0,
+    r = train(tmp_path / "meta", out, "--shard_url", f"pipe:cat {tmp_path / 'jpg'}/{{file}}", "--decode_on_device",
               "--max_train_steps", 2, "--log_steps", 2)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "streamed from 4 shards" in r.stdout and rows(out)[-1]["step"] == 2
+    assert "streamed from 4 shards by 1 workers, JPEG decoded on cpu" in r.stdout
+    assert rows(out)[-1]["step"] == 2 and rows(out)[-1]["skipped_samples"] == 0
 
 
 def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):

@@ -140,9 +140,9 @@ def prepare(args, work, sizes, data_sizes):
 
 # ---- the cases
 
-def run_data(res, shards, folders, channels, seconds, decode_device=None):
+def run_data(res, shards, folders, channels, seconds, device=None):
     """The data case at every size: our streamed (each format) and in-memory paths versus the report's pipeline."""
-    for name, case in bench_data.data_cases(shards, folders, seconds, channels, decode_device).items():
+    for name, case in bench_data.data_cases(shards, folders, seconds, channels, device).items():
         res.add(name, case)
     for size in sorted(shards):
         ours = [f"stream_{fmt}" for fmt in shards[size]] + ["stream_jpg_on_device", "memory"]
@@ -268,7 +268,7 @@ def main(argv=None):
         res.doc["config"].update(img_size=img_size, channels=channels, batch_size=bench_data.BATCH)
         if data_case:
             run_data(res, {s: d for s, d in shards.items() if args.data or s in args.sizes}, folders, channels,
-                     args.seconds, decode_device="cuda" if args.what == "gpu" else None)
+                     args.seconds, device="cuda" if args.what == "gpu" else None)
         if step_case:
             run = run_gpu if args.what == "gpu" else run_step
             by_format = shards[img_size]

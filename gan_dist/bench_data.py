@@ -71,16 +71,17 @@ def unpack_to_folder(shard_dir, folder):
     return Path(folder)
 
 
-def _rate(batches, seconds, warmup, device="cpu", to_float=True):
+def _rate(batches, seconds, warmup, finish=None, device=None):
     """Images/s over batches after the first `warmup`, running for at least `seconds` (batches is a
-    function of the pass number, so short datasets are read again); batches end as float on `device`."""
+    function of the pass number, so short datasets are read again). `finish` takes each batch to
+    where it is used (e.g. to float on the GPU); the clock waits for `device`'s queued work."""
     n_imgs, t0, seen, epoch = 0, None, 0, 0
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else (lambda: None)
     while True:
         for batch in batches(epoch):
             batch = batch[0] if isinstance(batch, (tuple, list)) else batch
-            if to_float:
-                batch = to_device_float(batch, device)
+            if finish is not None:
+                batch = finish(batch)
             seen += 1
             if seen == warmup:
                 sync()
@@ -91,6 +92,11 @@ def _rate(batches, seconds, warmup, device="cpu", to_float=True):
                     sync()
                     return n_imgs / (time.perf_counter() - t0)
         epoch += 1
+
+
+def _to_device(device):
+    """Our uint8 batches' last stage: float in [-1, 1] on `device`; none on the host (that is device work)."""
+    return None if device is None else (lambda batch: to_device_float(batch, device))
 
 
 def tar_rate(shard_dir, seconds, reader):
@@ -109,8 +115,9 @@ def tar_rate(shard_dir, seconds, reader):
     return n / (time.perf_counter() - t0)
 
 
-def report_pipeline_rate(folder, size, seconds, warmup=3, workers=REPORT_WORKERS, channels=3):
-    """Images/s of the report's loader (ImageFolder, Resize, ToTensor, Normalize) at size x size."""
+def report_pipeline_rate(folder, size, seconds, warmup=3, workers=REPORT_WORKERS, channels=3, device=None):
+    """Images/s of the report's loader (ImageFolder, Resize, ToTensor, Normalize) at size x size; its batches
+    are float already, and with `device` they are copied there."""
     from torchvision import datasets, transforms
 
     tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
@@ -118,62 +125,72 @@ def report_pipeline_rate(folder, size, seconds, warmup=3, workers=REPORT_WORKERS
     if channels == 1:
         tf = transforms.Compose([transforms.Grayscale(), tf])
     loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(folder), transform=tf), batch_size=BATCH,
-                                         shuffle=True, num_workers=workers, drop_last=True)
-    return _rate(lambda epoch: loader, seconds, warmup, to_float=False)
+                                         shuffle=True, num_workers=workers, drop_last=True,
+                                         pin_memory=device is not None,
+                                         persistent_workers=workers > 0)  # steady state, as ours below
+    finish = None if device is None else (lambda batch: batch.to(device, non_blocking=True))
+    return _rate(lambda epoch: loader, seconds, warmup, finish, device)
 
 
-def stream_rate(shard_dir, seconds, warmup=3, workers=REPORT_WORKERS, decode_device=None):
-    """Images/s of our streamed path: shards decoded to uint8 by `workers`, scaled to float in [-1, 1].
-    With `decode_device`, the workers pass JPEGs undecoded and each batch is decoded there."""
+def stream_rate(shard_dir, seconds, warmup=3, workers=REPORT_WORKERS, device=None, decode_on_device=False):
+    """Images/s of our streamed path: shards decoded to uint8 by `workers` (with `decode_on_device`, JPEGs
+    passed undecoded and each batch decoded on `device`), then scaled to float on `device` if one is given."""
     manifest, urls = load_manifest(shard_dir)
-    steps = max(1, manifest["count"] // BATCH)
+    # One long epoch: the streamed path serves datasets too large for memory, whose epochs run to
+    # thousands of steps; restarting the workers every 32 batches of the bench's images would measure that.
+    steps = 10**9
 
     def batches(epoch):
         stream = epoch_batches(urls, BATCH, steps, 0, epoch, workers, expected=shard_counts(manifest, urls),
-                               pin_memory=decode_device is not None, encoded=decode_device is not None)
-        return device_decoded(stream, decode_device, manifest["channels"]) if decode_device else stream
-    return _rate(batches, seconds, warmup, device=decode_device or "cpu")
+                               pin_memory=device is not None, encoded=decode_on_device)
+        return device_decoded(stream, device, manifest["channels"]) if decode_on_device else stream
+    return _rate(batches, seconds, warmup, _to_device(device), device)
 
 
-def memory_rate(shard_dir, seconds, warmup=3):
+def memory_rate(shard_dir, seconds, warmup=3, device=None):
     """(images/s, load seconds) of our in-memory path: decode once, then index a uint8 tensor per step."""
     manifest, urls = load_manifest(shard_dir)
     t = time.perf_counter()
     images, _ = load_into_memory(urls, REPORT_WORKERS, shard_counts(manifest, urls))
     load_s = time.perf_counter() - t
     steps = max(1, len(images) // BATCH)
-    return _rate(lambda epoch: memory_epoch_batches(images, BATCH, steps, 0, epoch, 0, 1), seconds, warmup), load_s
+    return _rate(lambda epoch: memory_epoch_batches(images, BATCH, steps, 0, epoch, 0, 1), seconds, warmup,
+                 _to_device(device), device), load_s
 
 
-def data_cases(shard_dirs, report_folders, seconds, channels=3, decode_device=None):
+def data_cases(shard_dirs, report_folders, seconds, channels=3, device=None):
     """Measure every data case at each size; returns {name: {"images_per_s", "cores", ...}}.
 
     shard_dirs maps a size to {format: shard dir}; report_folders maps it to the image folder the
-    report's pipeline reads. With `decode_device` (a CUDA device), JPEG shards are also streamed
-    undecoded and decoded there.
+    report's pipeline reads. Without `device`, a case ends when its batch is in the main process,
+    ready to go to the device: the report's as float (its workers convert), ours as uint8 (the
+    trainer converts on the device). With `device` (a GPU), every batch ends as float there, and
+    JPEG shards are also streamed undecoded and decoded on it.
 
     `cores` is what each path keeps busy: its worker processes, or the main process alone.
     """
-    cases = {}
+    cases, ends = {}, f"float on {device}" if device else "uint8 in the main process"
     for size, by_format in sorted(shard_dirs.items()):
         cases[f"data/report_{size}"] = {
-            "images_per_s": report_pipeline_rate(report_folders[size], size, seconds, channels=channels),
-            "cores": REPORT_WORKERS, "what": "ImageFolder+Resize+ToTensor+Normalize"}
+            "images_per_s": report_pipeline_rate(report_folders[size], size, seconds, channels=channels,
+                                                 device=device),
+            "cores": REPORT_WORKERS,
+            "what": "ImageFolder+Resize+ToTensor+Normalize, " + (f"float on {device}" if device else "float")}
         for fmt, shard_dir in by_format.items():
-            cases[f"data/stream_{fmt}_{size}"] = {"images_per_s": stream_rate(shard_dir, seconds),
+            cases[f"data/stream_{fmt}_{size}"] = {"images_per_s": stream_rate(shard_dir, seconds, device=device),
                                                   "cores": REPORT_WORKERS,
-                                                  "what": f"{fmt} shards streamed, uint8 -> float"}
-        if decode_device is not None and "jpg" in by_format:
+                                                  "what": f"{fmt} shards streamed, decoded by the workers, {ends}"}
+        if device is not None and "jpg" in by_format:
             cases[f"data/stream_jpg_on_device_{size}"] = {
-                "images_per_s": stream_rate(by_format["jpg"], seconds, decode_device=decode_device),
-                "cores": REPORT_WORKERS, "what": f"jpg shards streamed undecoded, batch decoded on {decode_device}"}
+                "images_per_s": stream_rate(by_format["jpg"], seconds, device=device, decode_on_device=True),
+                "cores": REPORT_WORKERS, "what": f"jpg shards streamed undecoded, each batch decoded on {device}"}
         for reader in ("webdataset", "ours"):
             cases[f"data/tar_{reader}_{size}"] = {
                 "images_per_s": tar_rate(next(iter(by_format.values())), seconds, reader), "cores": 1,
                 "what": f"tar -> samples, no decoding ({'gan_dist.tarstream' if reader == 'ours' else 'tarfile'})"}
-        rate, load_s = memory_rate(next(iter(by_format.values())), seconds)
+        rate, load_s = memory_rate(next(iter(by_format.values())), seconds, device=device)
         cases[f"data/memory_{size}"] = {"images_per_s": rate, "cores": 1, "load_s": load_s,
-                                        "what": "in memory, index + uint8 -> float"}
+                                        "what": f"in memory, an index per batch, {ends}"}
     for case in cases.values():
         case["images_per_s_per_core"] = case["images_per_s"] / case["cores"]
     return cases

@@ -81,6 +81,18 @@ def test_data_case_streams_every_storage_format(tmp_path):
     assert bench.TARGETS["data/stream_npy_vs_report_128/per_core"] == 10.0
 
 
+def test_data_case_on_a_device_decodes_jpeg_there(tmp_path):
+    """With a device (a GPU in `bench gpu`; here the CPU stands in), every batch ends as float there and
+    JPEG shards are also streamed undecoded and decoded on it."""
+    src = bench.bench_data.make_source_images(tmp_path / "src", 128, size=40)
+    shards = bench.bench_data.pack_sizes(src, tmp_path, [16], 1, formats=("jpg",))
+    cases = bench.bench_data.data_cases(shards, {16: src}, 0.2, device="cpu")
+    assert set(cases) == {"data/report_16", "data/stream_jpg_16", "data/stream_jpg_on_device_16", "data/memory_16",
+                          "data/tar_ours_16", "data/tar_webdataset_16"}
+    assert all(c["images_per_s"] > 0 for c in cases.values())
+    assert "float on cpu" in cases["data/stream_jpg_16"]["what"]
+
+
 def test_report_loop_trains_on_an_image_folder(tmp_path, capsys):
     folder = bench.bench_data.make_source_images(tmp_path / "images", 130, size=24)
     report_loop.main(["--data", str(folder), "--img_size", "8", "--max-batches", "3", "--warmup-batches", "1",

@@ -76,7 +76,7 @@ def _rate(batches, seconds, warmup, finish=None, device=None):
     function of the pass number, so short datasets are read again). `finish` takes each batch to
     where it is used (e.g. to float on the GPU); the clock waits for `device`'s queued work."""
     n_imgs, t0, seen, epoch = 0, None, 0, 0
-    sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if _is_cuda(device) else (lambda: None)
     while True:
         for batch in batches(epoch):
             batch = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -92,6 +92,10 @@ def _rate(batches, seconds, warmup, finish=None, device=None):
                     sync()
                     return n_imgs / (time.perf_counter() - t0)
         epoch += 1
+
+
+def _is_cuda(device):
+    return device is not None and torch.device(device).type == "cuda"
 
 
 def _to_device(device):
@@ -126,7 +130,7 @@ def report_pipeline_rate(folder, size, seconds, warmup=3, workers=REPORT_WORKERS
         tf = transforms.Compose([transforms.Grayscale(), tf])
     loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(folder), transform=tf), batch_size=BATCH,
                                          shuffle=True, num_workers=workers, drop_last=True,
-                                         pin_memory=device is not None,
+                                         pin_memory=_is_cuda(device),
                                          persistent_workers=workers > 0)  # steady state, as ours below
     finish = None if device is None else (lambda batch: batch.to(device, non_blocking=True))
     return _rate(lambda epoch: loader, seconds, warmup, finish, device)
@@ -142,7 +146,7 @@ def stream_rate(shard_dir, seconds, warmup=3, workers=REPORT_WORKERS, device=Non
 
     def batches(epoch):
         stream = epoch_batches(urls, BATCH, steps, 0, epoch, workers, expected=shard_counts(manifest, urls),
-                               pin_memory=device is not None, encoded=decode_on_device)
+                               pin_memory=_is_cuda(device), encoded=decode_on_device)
         return device_decoded(stream, device, manifest["channels"]) if decode_on_device else stream
     return _rate(batches, seconds, warmup, _to_device(device), device)
 

@@ -170,6 +170,10 @@ def decode_on_device(encoded, device, channels):
     bounds = offsets.tolist()
     jpegs = [data[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    if torch.device(device).type == "cuda":
+        # the CUDA decoder writes from a stream of its own into blocks the current stream may still be
+        # reading (pytorch/vision#9606): let the queued work finish first
+        torch.cuda.current_stream(device).synchronize()
     try:
         return torch.stack(decode_jpeg(jpegs, mode=mode, device=device)), 0
     except RuntimeError:  # one bad image fails the whole call: find it

@@ -70,7 +70,7 @@ shards: install
 	@test -n "$(SRC)" -a -n "$(NAME)" || { echo "usage: make shards SRC=PATH_OR_URL NAME=name [SIZE=128 ...]"; exit 2; }
 	$(BIN)/python -m gan_dist.shard archive --src $(SRC) --out $(SHARDS)/$(NAME) $(SHARD_FLAGS)
 
-# ---- benchmarks (issue 5): our loader and trainer against the report's, on this machine (5 min on 2 idle cores)
+# ---- benchmarks (issue 5): our loader and trainer against the report's, on this machine (7 min on 2 idle cores)
 # BENCH_FLAGS e.g. --img_size 128 (the step case at the report's size, ~4x longer) or --data $(SHARDS)/lfw
 BENCH_FLAGS ?=
 .PHONY: bench

@@ -192,14 +192,21 @@ def gpu_cases(has_compile):
     return cases
 
 
-def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, report_steps):
-    """The step case on one CUDA GPU: the trainer at fp32/bf16/fp16 (+ --compile), bare loops, the report's loop."""
+STREAMED_GPU_CASES = {  # name: (shard format, trainer flags): bf16 with the data read from the shards every step
+    "gpu/trainer_bf16_streamed_npy": ("npy", ("--mixed_precision", "bf16", "--cache_gb", "0")),
+    "gpu/trainer_bf16_streamed_jpg_on_device": ("jpg", ("--mixed_precision", "bf16", "--cache_gb", "0",
+                                                        "--decode_on_device")),
+}
+
+
+def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, report_steps, streamed=None):
+    """The step case on one CUDA GPU: the report's loop, bare loops, the trainer at fp32/bf16/fp16, streamed
+    from `streamed` shards ({format: dir}) where given, then with --compile (last: compiling takes longest)."""
     has_compile = "--compile" in bench_step.trainer_flags()
     if not has_compile:
         print("note: `python -m gan_dist.train --help` lists no --compile; skipping the compile cases",
               file=sys.stderr)
     res.doc["config"]["compile_cases"] = has_compile
-    common = (shard_dir, img_size, channels, steps, warmup)
     res.add("gpu/report", {**bench_step.report_case(folder, img_size, channels, report_steps, warmup,
                                                     work / "report_out"),
                            "what": "the report's loop on the GPU (fp32, ImageFolder, 2 workers)"})
@@ -207,9 +214,20 @@ def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, rep
         tag = "fp32" if mp == "no" else mp
         res.add(f"gpu/bare_{tag}", {**bench_step.bare_case(shard_dir, steps, warmup, cpu=False, mixed_precision=mp),
                                     "what": f"plain PyTorch loop, {tag}"})
-    for name, flags in gpu_cases(has_compile):
-        res.add(name, {**bench_step.trainer_case(*common, work / name.replace("/", "_"), cpu=False, extra=flags),
+
+    def trainer(name, shards, flags):
+        res.add(name, {**bench_step.trainer_case(shards, img_size, channels, steps, warmup,
+                                                 work / name.replace("/", "_"), cpu=False, extra=flags),
                        "what": "python -m gan_dist.train " + " ".join(flags)})
+    cases = gpu_cases(has_compile)
+    for name, flags in (c for c in cases if "--compile" not in c[1]):
+        trainer(name, shard_dir, flags)
+    for name, (fmt, flags) in STREAMED_GPU_CASES.items():
+        if fmt in (streamed or {}):
+            trainer(name, streamed[fmt], flags)
+            res.ratio(f"{name}_vs_bf16", name, "gpu/trainer_bf16")
+    for name, flags in (c for c in cases if "--compile" in c[1]):
+        trainer(name, shard_dir, flags)
     res.ratio("gpu/trainer_bf16_vs_report", "gpu/trainer_bf16", "gpu/report")
     res.ratio("gpu/trainer_fp32_vs_report", "gpu/trainer_fp32", "gpu/report")
     for tag in ("fp32", "bf16"):
@@ -287,7 +305,7 @@ def main(argv=None):
             step_args = (res, work, by_format.get("png", next(iter(by_format.values()))), folders[img_size],
                          img_size, channels, args.steps, args.warmup, args.report_steps)
             if args.what == "gpu":
-                run_gpu(*step_args)
+                run_gpu(*step_args, streamed=by_format)
             else:
                 run_step(*step_args, repeats=args.repeats)
         res.doc["seconds"] = time.perf_counter() - t0

@@ -134,11 +134,15 @@ def test_gpu_cases_and_ratios(monkeypatch, tmp_path, capsys, has_compile):
     monkeypatch.setattr(bench_step, "trainer_case", trainer_case)
 
     res = bench.Results(tmp_path / "gpu.json", {})
-    bench.run_gpu(res, tmp_path, "shards", "images", 128, 3, 10, 5, 10)
+    bench.run_gpu(res, tmp_path, "shards", "images", 128, 3, 10, 5, 10, streamed={"png": "p", "npy": "n", "jpg": "j"})
     names = [n for n, _ in bench.gpu_cases(has_compile)]
-    assert set(res.cases) == {"gpu/report", "gpu/bare_fp32", "gpu/bare_bf16", *names}
+    streamed = list(bench.STREAMED_GPU_CASES)
+    assert set(res.cases) == {"gpu/report", "gpu/bare_fp32", "gpu/bare_bf16", *names, *streamed}
     assert len(names) == (6 if has_compile else 3)
-    assert all(("--compile" in extra) == name.endswith("_compile") for name, extra in zip(names, seen))
+    ran = [name for name in res.cases if name.startswith("gpu/trainer")]
+    assert ran == [n for n in names if "compile" not in n] + streamed + [n for n in names if "compile" in n]
+    assert all(("--compile" in extra) == name.endswith("_compile") for name, extra in zip(ran, seen))
+    assert seen[ran.index("gpu/trainer_bf16_streamed_jpg_on_device")][-1] == "--decode_on_device"
     doc = json.loads((tmp_path / "gpu.json").read_text())
     check_ratios(doc)
     assert doc["ratios"]["gpu/trainer_bf16_vs_report"]["value"] == 30.0

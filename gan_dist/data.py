@@ -5,7 +5,10 @@ resampled with replacement (so any number of ranks and workers works with any nu
 of shards, and no rank runs dry before another), samples pass a shuffle buffer, and
 the loader stops after exactly `steps_per_epoch` batches on every rank. Restarting an
 epoch with the same seed replays it batch for batch, which is what resume relies on.
-Batches stay uint8 until they reach the device; `to_device_float` scales them there.
+Workers read the tars with gan_dist.tarstream and decode in the worker (PNG/JPEG with
+torchvision.io, .npy without a copy); with `encoded=True` they pass JPEG bytes on for
+`decode_on_device`. Batches stay uint8 until they reach the device; `to_device_float`
+scales them there.
 """
 import io
 import json
@@ -68,9 +71,10 @@ def check_matches(manifest, img_size, channels, data, jpeg=False):
             f"images but the model was asked for --img_size {img_size} --channels {channels}; "
             f"pass --img_size {manifest['size']} --channels {manifest['channels']} "
             f"or repack with --size {img_size} --channels {channels}")
-    if jpeg and manifest.get("image_format", "png") != "jpg":
-        raise DataError(f"--decode_on_device decodes JPEG, but --data {data} holds {manifest.get('image_format', 'png')}"
-                        " images; repack it with `python -m gan_dist.shard ... --format jpg`, or drop the flag")
+    fmt = manifest.get("image_format", "png")
+    if jpeg and fmt != "jpg":
+        raise DataError(f"--decode_on_device decodes JPEG, but --data {data} holds {fmt} images; "
+                        "repack it with `python -m gan_dist.shard ... --format jpg`, or drop the flag")
 
 
 _NPY_HEADERS = {}  # a .npy header -> (its length, shape, values); one entry per dataset layout

@@ -1,7 +1,10 @@
-"""Training statistics summed on the device each step and reduced across ranks once per log interval."""
+"""Training statistics summed on the device each step and reduced across ranks once per log interval; checks on them."""
+import math
 import time
 
 import torch
+
+from gan_dist.data import DataError
 
 TRAIN_KEYS = ("loss_D", "loss_G", "D_real", "D_fake")
 
@@ -50,3 +53,15 @@ class IntervalStats:
             row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.reset()
         return row
+
+
+def check_row(row, step, skipped_total, images_seen, max_skip_fraction):
+    """Stop on a non-finite loss (naming the network) or too many unreadable samples."""
+    for key, net in (("loss_D", "D"), ("loss_G", "G")):
+        if not math.isfinite(row[key]):
+            raise FloatingPointError(f"{net}'s loss is {row[key]} at step {step} (averaged since the last log); "
+                                     "the last checkpoint holds finite weights: resume from it with a lower --lr")
+    fraction = skipped_total / (skipped_total + images_seen)
+    if fraction > max_skip_fraction:
+        raise DataError(f"{skipped_total} unreadable samples by step {step} ({fraction:.1%} of those read), above "
+                        f"--max_skip_fraction {max_skip_fraction}; repack the shards (see warnings for shard names)")

@@ -10,7 +10,6 @@ directory (--output_dir) gets args.json, metrics.jsonl, samples/ and checkpoints
 """
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from gan_dist.ema import update as ema_update
 from gan_dist.losses import d_loss, g_loss
 from gan_dist.models import ARCHS, GANConfig, build_models
 from gan_dist.preemption import EXIT_PREEMPTED, StopSignal
-from gan_dist.stats import TRAIN_KEYS, IntervalStats, grad_norm
+from gan_dist.stats import TRAIN_KEYS, IntervalStats, check_row, grad_norm
 from gan_dist.tracking import MetricsLog, finish_run, init_trackers, log_grid, tracker_names
 
 
@@ -377,18 +376,6 @@ def train(args):
                           f"checkpoint saved; continue with --resume_from_checkpoint latest (exit {EXIT_PREEMPTED})")
         sys.exit(EXIT_PREEMPTED)
     accelerator.print(f"done: {global_step} steps; run directory {output_dir}")
-
-
-def check_row(row, step, skipped_total, images_seen, max_skip_fraction):
-    """Stop on a non-finite loss (naming the network) or too many unreadable samples."""
-    for key, net in (("loss_D", "D"), ("loss_G", "G")):
-        if not math.isfinite(row[key]):
-            raise FloatingPointError(f"{net}'s loss is {row[key]} at step {step} (averaged since the last log); "
-                                     "the last checkpoint holds finite weights: resume from it with a lower --lr")
-    fraction = skipped_total / (skipped_total + images_seen)
-    if fraction > max_skip_fraction:
-        raise DataError(f"{skipped_total} unreadable samples by step {step} ({fraction:.1%} of those read), above "
-                        f"--max_skip_fraction {max_skip_fraction}; repack the shards (see warnings for shard names)")
 
 
 def main(argv=None):

@@ -38,7 +38,8 @@ def test_step_measures_every_case(bench_step_doc):
     for name in ("step/trainer", "step/trainer_streamed"):
         assert 0 <= doc["cases"][name]["data_wait"] < 1
     for name in ("step/bare", "step/trainer"):  # the fastest of the repeats
-        assert len(doc["cases"][name]["runs"]) == 2 and doc["cases"][name]["images_per_s"] == max(doc["cases"][name]["runs"])
+        case = doc["cases"][name]
+        assert len(case["runs"]) == 2 and case["images_per_s"] == max(case["runs"])
     assert set(doc["ratios"]) == {"step/trainer_vs_report", "step/trainer_vs_bare", "step/trainer_streamed_vs_bare"}
     check_ratios(doc)
     assert doc["ratios"]["step/trainer_vs_bare"]["target"] == 0.95

@@ -26,6 +26,7 @@ import torch
 
 from gan_dist import bench_data, bench_step
 from gan_dist.data import load_manifest
+from gan_dist.shard import cores
 
 TARGETS = {  # from issue 5; printed beside the ratios, never asserted
     "data/memory_vs_report_128/per_core": 10.0,
@@ -47,9 +48,8 @@ def machine_info():
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cuda = torch.cuda.is_available()
-    return {"cpu": model, "cores": cores, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    return {"cpu": model, "cores": cores(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(),
             "device": torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA device)",
             "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
@@ -131,10 +131,10 @@ def prepare(args, work, sizes, data_sizes):
         print(f"writing {args.n_images} source images ({args.src_size}x{args.src_size} JPEG) ...", file=sys.stderr)
         src = bench_data.make_source_images(work / "source", args.n_images, args.src_size)
     print(f"packing {src} at {sorted(sizes)} px ...", file=sys.stderr, flush=True)
-    cores = machine_info()["cores"]
     shards = {}
     for size in sorted(sizes):
-        shards.update(bench_data.pack_sizes(src, work, [size], cores, args.formats if size in data_sizes else ("png",)))
+        formats = args.formats if size in data_sizes else ("png",)
+        shards.update(bench_data.pack_sizes(src, work, [size], cores(), formats))
     return shards, {size: src for size in shards}, 3
 
 
@@ -206,7 +206,7 @@ def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, rep
     if not has_compile:
         print("note: `python -m gan_dist.train --help` lists no --compile; skipping the compile cases",
               file=sys.stderr)
-    res.doc["config"]["compile_cases"] = has_compile
+    res.doc["config"].update(compile_cases=has_compile, gpu_images_per_s_target=GPU_IMAGES_PER_S_TARGET)
     res.add("gpu/report", {**bench_step.report_case(folder, img_size, channels, report_steps, warmup,
                                                     work / "report_out"),
                            "what": "the report's loop on the GPU (fp32, ImageFolder, 2 workers)"})
@@ -236,7 +236,6 @@ def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, rep
         res.ratio(f"gpu/trainer_{tag}_vs_fp32", f"gpu/trainer_{tag}", "gpu/trainer_fp32")
         res.ratio(f"gpu/trainer_{tag}_compile_vs_{tag}", f"gpu/trainer_{tag}_compile", f"gpu/trainer_{tag}")
     res.ratio("gpu/trainer_fp32_compile_vs_fp32", "gpu/trainer_fp32_compile", "gpu/trainer_fp32")
-    res.doc["config"]["gpu_images_per_s_target"] = GPU_IMAGES_PER_S_TARGET
 
 
 # ---- command line

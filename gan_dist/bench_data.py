@@ -16,6 +16,7 @@ from PIL import Image
 
 from gan_dist.data import (device_decoded, epoch_batches, load_into_memory, load_manifest, memory_epoch_batches,
                            shard_counts, to_device_float)
+from gan_dist.bench_step import BATCH
 from gan_dist.shard import pack
 from gan_dist.tarstream import tar_samples
 
@@ -23,7 +24,6 @@ from gan_dist.tarstream import tar_samples
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 REPORT_WORKERS = 2  # the report's --n_cpu 2
 FORMATS = ("png", "jpg", "npy")  # gan_dist.shard --format
-BATCH = 64  # the report's --batch_size
 
 
 def make_source_images(folder, n, size=250, seed=0, quality=90):
@@ -107,13 +107,10 @@ def tar_rate(shard_dir, seconds, reader):
     """Samples/s of reading shards into samples, nothing decoded, in this process: `reader` is "ours"
     (gan_dist.tarstream) or "webdataset" (its tarfile-based reader)."""
     _, urls = load_manifest(shard_dir)
-
-    def reraise(exn):
-        raise exn
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         shards = wds.SimpleShardList(urls)
-        samples = tar_samples(shards, reraise) if reader == "ours" else wds.tarfile_to_samples()(shards)
+        samples = tar_samples(shards, wds.reraise_exception) if reader == "ours" else wds.tarfile_to_samples()(shards)
         for _ in samples:
             n += 1
     return n / (time.perf_counter() - t0)

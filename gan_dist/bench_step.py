@@ -101,13 +101,14 @@ def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0):
     from gan_dist.data import load_into_memory, load_manifest, shard_counts, to_device_float
     from gan_dist.losses import d_loss, g_loss
     from gan_dist.models import GANConfig, build_models
+    from gan_dist.train import adam
 
     manifest, urls = load_manifest(shard_dir)
     images, _ = load_into_memory(urls, 2, shard_counts(manifest, urls))
     torch.manual_seed(seed)
     cfg = GANConfig("mlp", 100, manifest["size"], manifest["channels"])
     G, D = (net.to(device) for net in build_models(cfg))
-    opt_G, opt_D = (_adam(net.parameters(), device) for net in (G, D))
+    opt_G, opt_D = (adam(net.parameters(), 2e-4, (0.5, 0.999), device) for net in (G, D))  # the trainer's
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
@@ -139,14 +140,6 @@ def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0):
     seconds = time.perf_counter() - t0
     return {"images_per_s": steps * BATCH / seconds, "steps": steps, "loss_D": loss_D.item(),
             "loss_G": loss_G.item(), "device": str(device)}
-
-
-def _adam(params, device):
-    # the trainer's choice: the fused kernel where this torch has one, else foreach
-    try:
-        return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), fused=device.type in ("cuda", "cpu"))
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), foreach=True)
 
 
 def _sync(device):

@@ -77,7 +77,7 @@ def check_matches(manifest, img_size, channels, data, jpeg=False):
                         "repack it with `python -m gan_dist.shard ... --format jpg`, or drop the flag")
 
 
-_NPY_HEADERS = {}  # a .npy header -> (its length, shape, values); one entry per dataset layout
+_NPY_HEADERS = {}  # a .npy header -> (image shape, values); one entry per dataset layout
 
 
 def _npy_array(data):

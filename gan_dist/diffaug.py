@@ -53,11 +53,10 @@ def rand_translation(x, generator=None, ratio=0.125):
     shift_h, shift_w = int(H * ratio + 0.5), int(W * ratio + 0.5)
     dh = _randint(x, generator, -shift_h, shift_h + 1, B, 1, 1)
     dw = _randint(x, generator, -shift_w, shift_w + 1, B, 1, 1)
-    grid_b, grid_h, grid_w = torch.meshgrid(
-        torch.arange(B, device=x.device), torch.arange(H, device=x.device), torch.arange(W, device=x.device),
-        indexing="ij")
-    grid_h = torch.clamp(grid_h + dh + 1, 0, H + 1)  # +1: index into the zero-padded image
-    grid_w = torch.clamp(grid_w + dw + 1, 0, W + 1)
+    # broadcast (B, 1, 1), (1, H, 1), (1, 1, W) indices: the (B, H, W) grids are never built
+    grid_b = torch.arange(B, device=x.device)[:, None, None]
+    grid_h = torch.clamp(torch.arange(H, device=x.device)[None, :, None] + dh + 1, 0, H + 1)  # +1: the padding
+    grid_w = torch.clamp(torch.arange(W, device=x.device)[None, None, :] + dw + 1, 0, W + 1)
     x_pad = F.pad(x, [1, 1, 1, 1])
     return x_pad.permute(0, 2, 3, 1)[grid_b, grid_h, grid_w].permute(0, 3, 1, 2)  # (B, C, H, W)
 
@@ -68,11 +67,9 @@ def rand_cutout(x, generator=None, ratio=0.5):
     cut_h, cut_w = int(H * ratio + 0.5), int(W * ratio + 0.5)
     off_h = _randint(x, generator, 0, H + (1 - cut_h % 2), B, 1, 1)
     off_w = _randint(x, generator, 0, W + (1 - cut_w % 2), B, 1, 1)
-    grid_b, grid_h, grid_w = torch.meshgrid(
-        torch.arange(B, device=x.device), torch.arange(cut_h, device=x.device),
-        torch.arange(cut_w, device=x.device), indexing="ij")
-    grid_h = torch.clamp(grid_h + off_h - cut_h // 2, 0, H - 1)
-    grid_w = torch.clamp(grid_w + off_w - cut_w // 2, 0, W - 1)
+    grid_b = torch.arange(B, device=x.device)[:, None, None]
+    grid_h = torch.clamp(torch.arange(cut_h, device=x.device)[None, :, None] + off_h - cut_h // 2, 0, H - 1)
+    grid_w = torch.clamp(torch.arange(cut_w, device=x.device)[None, None, :] + off_w - cut_w // 2, 0, W - 1)
     mask = torch.ones(B, H, W, dtype=x.dtype, device=x.device)
     mask[grid_b, grid_h, grid_w] = 0
     return x * mask.unsqueeze(1)

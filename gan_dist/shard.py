@@ -310,7 +310,8 @@ class _Lazy:
         return map(self.fn, self.iterable)
 
 
-def _cores():
+def cores():
+    """CPU cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -337,7 +338,7 @@ def main(argv=None):
     p.add_argument("--format", dest="fmt", default="png", choices=sorted(FORMATS), help="storage format")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality for --format jpg")
     p.add_argument("--shard_size", type=int, default=1000, help="images per shard")
-    p.add_argument("--workers", type=int, default=_cores(), help="encoding processes (default: every core)")
+    p.add_argument("--workers", type=int, default=cores(), help="encoding processes (default: every core)")
     p.add_argument("--retries", type=int, default=5, help="download attempts per mirror")
     args = vars(p.parse_args(argv))
     source, out = args.pop("source"), args.pop("out")

@@ -42,8 +42,10 @@ class IntervalStats:
 
     def collect(self, accelerator, global_batch):
         """Means over the interval and over ranks, throughput, timing, skipped samples (all ranks) and notes; then reset."""
-        means = (accelerator.reduce(self.sums, "mean") / self.steps).tolist()
-        skipped = int(accelerator.reduce(torch.tensor([float(self.skipped)], device=self.device), "sum").item())
+        # one all-reduce for everything: the sums and this rank's skipped samples
+        totals = accelerator.reduce(torch.cat([self.sums, self.sums.new_tensor([float(self.skipped)])]), "sum")
+        means = (totals[:-1] / accelerator.num_processes / self.steps).tolist()
+        skipped = int(totals[-1].item())
         seconds = time.perf_counter() - self.start
         row = dict(zip(TRAIN_KEYS, means), img_per_s=self.steps * global_batch / seconds,
                    sec_per_step=seconds / self.steps, data_wait=self.data_wait / seconds, skipped_samples=skipped)

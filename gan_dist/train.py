@@ -205,7 +205,8 @@ def check_output_dir(output_dir, resume_from):
 
 
 def data_source(args, manifest, urls, accelerator, steps_per_epoch):
-    """Return (batches_of(epoch, skip) -> iterator of (uint8 batch, skipped), description, skipped at load)."""
+    """Return (batches_of(epoch, skip) -> iterator of (uint8 batch, skipped), description, skipped at load,
+    the decoded images when they are held in memory, else None)."""
     if decoded_gib(manifest) <= args.cache_gb and not args.decode_on_device:
         images, skipped = load_into_memory(urls, args.n_cpu, shard_counts(manifest, urls))
         if skipped / (skipped + len(images)) > args.max_skip_fraction:
@@ -215,7 +216,7 @@ def data_source(args, manifest, urls, accelerator, steps_per_epoch):
         def batches_of(epoch, skip):
             return memory_epoch_batches(images, args.batch_size, steps_per_epoch, args.seed, epoch,
                                         accelerator.process_index, accelerator.num_processes, skip)
-        return batches_of, f"in memory ({decoded_gib(manifest):.2f} GiB decoded)", skipped
+        return batches_of, f"in memory ({decoded_gib(manifest):.2f} GiB decoded)", skipped, images
 
     def batches_of(epoch, skip):
         batches = epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu, skip=skip,
@@ -223,7 +224,7 @@ def data_source(args, manifest, urls, accelerator, steps_per_epoch):
                                 encoded=args.decode_on_device)
         return device_decoded(batches, accelerator.device, args.channels) if args.decode_on_device else batches
     where = f", JPEG decoded on {accelerator.device}" if args.decode_on_device else ""
-    return batches_of, f"streamed from {len(urls)} shards by {args.n_cpu} workers{where}", 0
+    return batches_of, f"streamed from {len(urls)} shards by {args.n_cpu} workers{where}", 0, None
 
 
 def train(args):
@@ -256,7 +257,6 @@ def train(args):
     opt_G, opt_D = (adam(net.parameters(), args.lr, (args.b1, args.b2), accelerator.device) for net in (G, D))
     G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise
-    G_ema = make_ema(accelerator.unwrap_model(G)) if args.ema_kimg > 0 else None
     policy = parse_policy(args.diffaug)
     augment = (lambda x: diff_augment(x, policy)) if policy else None
     drift = DriftTracker()
@@ -270,18 +270,19 @@ def train(args):
             for group in opt.param_groups:
                 group["lr"] = args.lr
         accelerator.print(f"resumed from {resume_dir} at step {global_step}")
-        if G_ema is not None and not load_ema(G_ema, resume_dir):
-            G_ema = make_ema(accelerator.unwrap_model(G))
-            accelerator.print("warning: the checkpoint has no G_ema; the average starts again from G")
         drift.load_state_dict(meta.get("colour_drift", drift.state_dict()))
         if meta["global_batch"] != global_batch:
             accelerator.print(f"warning: the global batch changed ({meta['global_batch']} -> {global_batch}); "
                               "training continues, but not bit-exactly: the data order differs")
     elif args.resume_from_checkpoint:
         accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
+    G_ema = make_ema(accelerator.unwrap_model(G)) if args.ema_kimg > 0 else None  # after loading: a copy of G
+    if G_ema is not None and resume_dir is not None and not load_ema(G_ema, resume_dir):
+        accelerator.print("warning: the checkpoint has no G_ema; the average starts again from G")
 
     device = accelerator.device
-    batches_of, data_desc, skipped_at_load = data_source(args, manifest, urls, accelerator, steps_per_epoch)
+    batches_of, data_desc, skipped_at_load, images = data_source(args, manifest, urls, accelerator, steps_per_epoch)
+    real_images = (lambda: images) if images is not None else (lambda: load_into_memory(urls, args.n_cpu)[0])
     skipped_total = meta.get("skipped_samples", skipped_at_load)
     noise = torch.Generator().manual_seed(args.seed)  # the same z for the whole run: progress is visible
     fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=noise).to(device)
@@ -352,8 +353,8 @@ def train(args):
                 metrics.log(colour, step)
             if extractor is not None and (step % args.eval_steps == 0 or done):
                 sync_buffers(accelerator, nets)
-                result = evaluate(accelerator, sampler, extractor, lambda: load_into_memory(urls, args.n_cpu)[0],
-                                  args.data, args.latent_dim, num_gen=args.fid_samples, seed=args.seed)
+                result = evaluate(accelerator, sampler, extractor, real_images, args.data, args.latent_dim,
+                                  num_gen=args.fid_samples, seed=args.seed)
                 accelerator.print(f"step {step}: {format_result(result)}")
                 metrics.log(result, step)
             if step % args.checkpointing_steps == 0 or done or stop:

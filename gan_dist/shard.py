@@ -181,11 +181,12 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
     dedup = defaults.get("dedup", False) if dedup is None else dedup
     if (size < 1 or channels not in (1, 3) or shard_size < 1 or workers < 1 or fmt not in FORMATS
             or not 1 <= quality <= 100 or (center_crop or 0) < 0 or crops_per_image < 0
-            or not 0 < crop_scale[0] <= crop_scale[1] <= 1):
+            or not 0 < crop_scale[0] <= crop_scale[1] <= 1 or retries < 1):
         raise PackError(f"bad options: --size {size} (>=1), --channels {channels} (1 or 3), "
                         f"--shard_size {shard_size} (>=1), --workers {workers} (>=1), --format {fmt} "
                         f"({'/'.join(FORMATS)}), --quality {quality} (1-100), --center_crop {center_crop} (>=0), "
-                        f"--crops_per_image {crops_per_image} (>=0), --crop_scale {crop_scale} (0 < lo <= hi <= 1)")
+                        f"--crops_per_image {crops_per_image} (>=0), --crop_scale {crop_scale} (0 < lo <= hi <= 1), "
+                        f"--retries {retries} (>=1)")
     opts = SourceOptions(src=None if src is None else str(src), sha256=sha256, cache_dir=cache_dir,
                          version=version, retries=retries, progress=progress)
     found = SOURCES[source](opts)

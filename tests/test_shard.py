@@ -92,6 +92,7 @@ def test_repack_replaces_stale_shards_and_leaves_no_partials(tmp_path):
     (lambda p: None, ["folder", "--src", "{tmp}/nope"], "not a directory"),
     (lambda p: (p / "empty").mkdir(), ["folder", "--src", "{tmp}/empty"], "no images found"),
     (lambda p: None, ["folder"], "needs --src"),
+    (lambda p: (p / "empty").mkdir(), ["folder", "--src", "{tmp}/empty", "--retries", "0"], "--retries 0 (>=1)"),
 ])
 def test_cli_errors_name_the_problem(tmp_path, capsys, setup, args, message):
     setup(tmp_path)

@@ -52,23 +52,19 @@ SHA256 ?=
 LOL_VERSION ?=
 SHARD_FLAGS = --size $(SIZE) --channels $(CHANNELS) --format $(FORMAT) --seed $(SEED) \
 	$(if $(CENTER_CROP),--center_crop $(CENTER_CROP)) $(if $(CROPS),--crops_per_image $(CROPS)) \
-	$(if $(SHA256),--sha256 $(SHA256))
+	$(if $(SHA256),--sha256 $(SHA256)) $(if $(SRC),--src $(SRC))
 .PHONY: shards shards-lfw shards-anime shards-lol
 
-shards-lfw: install
-	$(BIN)/python -m gan_dist.shard lfw --out $(SHARDS)/lfw $(if $(SRC),--src $(SRC)) $(SHARD_FLAGS)
-
-shards-anime: install
-	$(BIN)/python -m gan_dist.shard anime --out $(SHARDS)/anime $(if $(SRC),--src $(SRC)) $(SHARD_FLAGS)
+shards-lfw shards-anime: shards-%: install
+	$(BIN)/python -m gan_dist.shard $* --out $(SHARDS)/$* $(SHARD_FLAGS)
 
 shards-lol: install
-	$(BIN)/python -m gan_dist.shard lol --out $(SHARDS)/lol $(if $(SRC),--src $(SRC)) \
-		$(if $(LOL_VERSION),--version $(LOL_VERSION)) $(SHARD_FLAGS)
+	$(BIN)/python -m gan_dist.shard lol --out $(SHARDS)/lol $(if $(LOL_VERSION),--version $(LOL_VERSION)) $(SHARD_FLAGS)
 
 # make shards SRC=PATH_OR_URL NAME=name: a folder, a .tgz/.tar/.zip, or a URL of one
 shards: install
 	@test -n "$(SRC)" -a -n "$(NAME)" || { echo "usage: make shards SRC=PATH_OR_URL NAME=name [SIZE=128 ...]"; exit 2; }
-	$(BIN)/python -m gan_dist.shard archive --src $(SRC) --out $(SHARDS)/$(NAME) $(SHARD_FLAGS)
+	$(BIN)/python -m gan_dist.shard archive --out $(SHARDS)/$(NAME) $(SHARD_FLAGS)
 
 # ---- benchmarks (issue 5): our loader and trainer against the report's, on this machine (7 min on 2 idle cores)
 # BENCH_FLAGS e.g. --img_size 128 (the step case at the report's size, ~4x longer) or --data $(SHARDS)/lfw

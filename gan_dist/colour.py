@@ -82,12 +82,12 @@ class DriftTracker:
         """Record one evaluation's gaps; return a warning message per statistic drifting away.
 
         Args:
-            row: a dict holding `gap_KEY` (from `colour_report`) or `KEY` (from `colour_gap`) per watched key.
+            row: a dict holding `gap_KEY` per watched key (a `colour_report` row).
             step: the training step, quoted in the message.
         """
         messages = []
         for key in self.keys:
-            gap = row.get(f"gap_{key}", row.get(key))
+            gap = row.get(f"gap_{key}")
             if gap is None:
                 continue
             hist = self.history[key]

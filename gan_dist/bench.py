@@ -117,7 +117,7 @@ def format_tables(doc):
 
 # ---- preparing the images and shards
 
-def prepare(args, work, sizes, data_sizes):
+def prepare(args, work, data_sizes, step_sizes):
     """Return (shard dirs {size: {format: dir}}, image folder for the report's pipeline by size, channels).
 
     The data case's sizes get every storage format; a size only the step case uses gets PNG."""
@@ -130,11 +130,9 @@ def prepare(args, work, sizes, data_sizes):
     if src is None:
         print(f"writing {args.n_images} source images ({args.src_size}x{args.src_size} JPEG) ...", file=sys.stderr)
         src = bench_data.make_source_images(work / "source", args.n_images, args.src_size)
-    print(f"packing {src} at {sorted(sizes)} px ...", file=sys.stderr, flush=True)
-    shards = {}
-    for size in sorted(sizes):
-        formats = args.formats if size in data_sizes else ("png",)
-        shards.update(bench_data.pack_sizes(src, work, [size], cores(), formats))
+    print(f"packing {src} at {sorted(data_sizes | step_sizes)} px ...", file=sys.stderr, flush=True)
+    shards = bench_data.pack_sizes(src, work, sorted(data_sizes), cores(), args.formats)
+    shards.update(bench_data.pack_sizes(src, work, sorted(step_sizes - data_sizes), cores(), ("png",)))
     return shards, {size: src for size in shards}, 3
 
 
@@ -291,8 +289,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     try:
         data_case, step_case = args.what != "step", args.what != "data"
-        sizes = (set(args.sizes) if data_case else set()) | ({args.img_size} if step_case else set())
-        shards, folders, channels = prepare(args, work, sizes, set(args.sizes) if data_case else set())
+        data_sizes = set(args.sizes) if data_case else set()
+        shards, folders, channels = prepare(args, work, data_sizes, {args.img_size} if step_case else set())
         img_size = next(iter(shards)) if args.data else args.img_size
         res = Results(args.out, {k: v for k, v in vars(args).items() if k not in ("out", "work")})
         res.doc["config"].update(img_size=img_size, channels=channels, batch_size=bench_data.BATCH)

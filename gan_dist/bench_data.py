@@ -185,11 +185,12 @@ def data_cases(shard_dirs, report_folders, seconds, channels=3, device=None):
             cases[f"data/stream_jpg_on_device_{size}"] = {
                 "images_per_s": stream_rate(by_format["jpg"], seconds, device=device, decode_on_device=True),
                 "cores": REPORT_WORKERS, "what": f"jpg shards streamed undecoded, each batch decoded on {device}"}
+        first = next(iter(by_format.values()))
         for reader in ("webdataset", "ours"):
             cases[f"data/tar_{reader}_{size}"] = {
-                "images_per_s": tar_rate(next(iter(by_format.values())), seconds, reader), "cores": 1,
+                "images_per_s": tar_rate(first, seconds, reader), "cores": 1,
                 "what": f"tar -> samples, no decoding ({'gan_dist.tarstream' if reader == 'ours' else 'tarfile'})"}
-        rate, load_s = memory_rate(next(iter(by_format.values())), seconds, device=device)
+        rate, load_s = memory_rate(first, seconds, device=device)
         cases[f"data/memory_{size}"] = {"images_per_s": rate, "cores": 1, "load_s": load_s,
                                         "what": f"in memory, an index per batch, {ends}"}
     for case in cases.values():

@@ -28,7 +28,7 @@ shards-demo: $(SHARDS)/digits/manifest.json
 shards-lfw-subset: install
 	$(BIN)/python -m gan_dist.shard lfw-subset --out $(SHARDS)/lfw-subset --size 32 --channels 1 --shard_size 50
 
-# ---- the demo: the report's MLP GAN on handwritten digits, on the CPU
+# ---- the demo: the vanilla MLP GAN on handwritten digits, on the CPU
 DEMO_FLAGS ?= --n_epochs 150 --sample_interval 500 --log_steps 50 --checkpointing_steps 1000 --checkpoints_total_limit 2
 demo: shards-demo
 	rm -rf $(RUNS)/demo
@@ -39,8 +39,8 @@ demo: shards-demo
 clean:
 	rm -rf $(RUNS) $(SHARDS)/*/ .pytest_cache
 
-# ---- datasets (issue 3): download (cached, checksummed), crop, resize, shard into $(SHARDS)/NAME/
-# the report trained at 128x128 RGB, the trainer's default --img_size
+# ---- datasets: download (cached, checksummed), crop, resize, shard into $(SHARDS)/NAME/
+# 128x128 RGB: the trainer's default --img_size
 SIZE ?= 128
 CHANNELS ?= 3
 FORMAT ?= png
@@ -66,8 +66,8 @@ shards: install
 	@test -n "$(SRC)" -a -n "$(NAME)" || { echo "usage: make shards SRC=PATH_OR_URL NAME=name [SIZE=128 ...]"; exit 2; }
 	$(BIN)/python -m gan_dist.shard archive --out $(SHARDS)/$(NAME) $(SHARD_FLAGS)
 
-# ---- benchmarks (issue 5): our loader and trainer against the report's, on this machine (7 min on 2 idle cores)
-# BENCH_FLAGS e.g. --img_size 128 (the step case at the report's size, ~4x longer) or --data $(SHARDS)/lfw
+# ---- benchmarks: our loader and trainer against the vanilla loop, on this machine
+# BENCH_FLAGS e.g. --img_size 128 (the step case at the vanilla recipe's size) or --data $(SHARDS)/lfw
 BENCH_FLAGS ?=
 .PHONY: bench
 bench: install

@@ -8,9 +8,7 @@
 `--batch_size` is per process; the global batch is batch_size x processes. The run
 directory (--output_dir) gets args.json, metrics.jsonl, samples/ and checkpoints/.
 """
-import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -21,171 +19,50 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from gan_dist.checkpoint import check_finite, read_meta, remove_partials, resolve_resume, save_checkpoint
-from gan_dist.data import (DataError, check_matches, decoded_gib, device_decoded, epoch_batches, first_batch,
-                           load_into_memory, load_manifest, memory_epoch_batches, shard_counts, to_device_float)
-from gan_dist.colour import DriftTracker, colour_report, colour_stats
-from gan_dist.ddp import (COMM_HOOKS, DistributedError, check_consistency, check_launch, convert_sync_bn, ddp_kwargs,
-                          sync_buffers)
-from gan_dist.diffaug import diff_augment, parse_policy
-from gan_dist.ema import load_ema, make_ema
-from gan_dist.ema import update as ema_update
-from gan_dist.losses import d_loss, g_loss
-from gan_dist.models import ARCHS, GANConfig, build_models
-from gan_dist.preemption import EXIT_PREEMPTED, StopSignal
-from gan_dist.stats import TRAIN_KEYS, IntervalStats, check_row, grad_norm
-from gan_dist.tracking import MetricsLog, finish_run, init_trackers, log_grid, tracker_names
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="gan_dist.train", description=__doc__.split("\n")[0])
-    # the report's hyper-parameters, names and defaults
-    p.add_argument("--n_epochs", type=int, default=50, help="passes over the dataset at the global batch")
-    p.add_argument("--batch_size", type=int, default=64, help="images per process per step")
-    p.add_argument("--lr", type=float, default=0.0002, help="Adam learning rate (G and D)")
-    p.add_argument("--b1", type=float, default=0.5, help="Adam beta1")
-    p.add_argument("--b2", type=float, default=0.999, help="Adam beta2")
-    p.add_argument("--n_cpu", type=int, default=2, help="data loader worker processes per process")
-    p.add_argument("--cache_gb", type=float, default=4.0,
-                   help="hold the decoded dataset in each process's RAM when it is at most this many GiB "
-                        "(true epochs, no decoding per step); 0 streams from the shards always")
-    p.add_argument("--decode_on_device", action="store_true",
-                   help="stream JPEG shards (--format jpg) and decode each batch on the training device "
-                        "(nvJPEG on CUDA); the workers only read the tars")
-    p.add_argument("--latent_dim", type=int, default=100)
-    p.add_argument("--img_size", type=int, default=128)
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--sample_interval", type=int, default=500, help="steps between sample grids")
-    # data, model, run
-    p.add_argument("--data", required=True, help="shard directory written by `python -m gan_dist.shard`")
-    p.add_argument("--shard_url", default=None,
-                   help="shards elsewhere (object storage, HTTP): a URL with {file} for each shard name, e.g. "
-                        "'pipe:aws s3 cp s3://bucket/lfw/{file} -'; --data then only needs manifest.json")
-    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: the report's networks; dcgan: conv nets")
-    p.add_argument("--output_dir", default="runs/gan")
-    p.add_argument("--max_train_steps", type=int, default=None, help="overrides --n_epochs when set")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n_samples", type=int, default=25, help="images in each fixed-noise grid (5x5)")
-    # EMA, augmentation, evaluation
-    p.add_argument("--ema_kimg", type=float, default=10.0,
-                   help="half-life of G's moving average (G_ema, used for samples and metrics) in thousands "
-                        "of images; 0 turns it off")
-    p.add_argument("--diffaug", default="", help="DiffAugment for real and fake images in both phases, "
-                                                 "e.g. color,translation,cutout (for small datasets)")
-    p.add_argument("--eval_steps", type=int, default=0, help="steps between FID/KID evaluations; 0 = never")
-    p.add_argument("--fid_samples", type=int, default=10000, help="generated images per FID/KID evaluation")
-    p.add_argument("--inception_weights", default=None,
-                   help="Inception weights file for FID/KID (else $GAN_DIST_INCEPTION_WEIGHTS, else a one-time "
-                        "verified download into the cache)")
-    p.add_argument("--colour_samples", type=int, default=256,
-                   help="images compared with reals for colour drift at each --sample_interval")
-    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                   help="default: what `accelerate config`/`accelerate launch` set, else no")
-    p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present (gloo when multi-process)")
-    p.add_argument("--compile", action="store_true", help="torch.compile G and D (inductor); falls back with a message")
-    # data parallelism
-    p.add_argument("--sync_bn", action="store_true", help="BatchNorm statistics over the global batch (CUDA)")
-    p.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP gradient bucket size in MiB")
-    p.add_argument("--ddp_comm_hook", choices=sorted(COMM_HOOKS), default="no",
-                   help="compress gradients for the all-reduce (bf16/fp16 halve the bytes sent)")
-    # logging and checkpoints
-    p.add_argument("--report_to", choices=("wandb", "tensorboard", "all", "none"), default="wandb")
-    p.add_argument("--tracker_project_name", default=os.environ.get("WANDB_PROJECT", "gan-dist"),
-                   help="W&B project (default: $WANDB_PROJECT, else gan-dist)")
-    p.add_argument("--log_steps", type=int, default=50, help="steps between metrics rows")
-    p.add_argument("--checkpointing_steps", type=int, default=1000)
-    p.add_argument("--checkpoints_total_limit", type=int, default=None)
-    p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-STEP directory or 'latest'")
-    p.add_argument("--max_skip_fraction", type=float, default=0.01,
-                   help="stop when more than this fraction of samples read could not be decoded")
-    args = p.parse_args(argv)
-    for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples",
-                 "fid_samples", "colour_samples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.max_train_steps is not None and args.max_train_steps < 1:
-        p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
-    try:
-        GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
-        parse_policy(args.diffaug)
-    except ValueError as e:
-        p.error(str(e))
-    return args
-
-
-@torch.no_grad()
-def generate(G, z):
-    """Images from G in eval mode (BatchNorm running statistics), leaving G in the mode it was in."""
-    was_training = G.training
-    G.eval()
-    images = G(z)
-    G.train(was_training)
-    return images
-
-
-def gan_step(accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now=False, augment=None):
-    """One D update then one G update; returns (loss_D, loss_G, real_logits, fake_logits).
-
-    `stats` counts updates the fp16 GradScaler skipped and, when `log_now`, gets gradient
-    norms and learning rates. `augment` (DiffAugment) is applied to everything D sees.
-    """
-    aug = augment or (lambda x: x)
-    scaler = accelerator.scaler  # fp16 only: one scaler shared by both optimizers
-
-    def update(opt):
-        scale = scaler.get_scale() if scaler is not None else None
-        opt.step()
-        # An overflow skips the update and lowers the scale. Judged by the scale, as
-        # step_was_skipped misses the skips fused optimizers make inside their kernel.
-        if scaler is not None and scaler.get_scale() < scale:
-            stats.skipped_updates += 1
-
-    # ---- (1) D step: maximize log D(x) + log(1 - D(G(z)))
-    with accelerator.autocast():
-        gen_img = G(gen_z)
-        real_logits, fake_logits = D(aug(real_img)), D(aug(gen_img.detach()))
-        loss_D = d_loss(real_logits, fake_logits)
-    opt_D.zero_grad(set_to_none=True)
-    accelerator.backward(loss_D)  # one backward for both D forwards: one all-reduce, no desync
-    if log_now:
-        stats.note(grad_norm_D=grad_norm(D, scaler), lr_D=opt_D.param_groups[0]["lr"])
-    update(opt_D)
-
-    # ---- (2) G step: maximize log D(G(z)); D frozen so its DDP reducer stays idle
-    D.requires_grad_(False)
-    with accelerator.autocast():
-        loss_G = g_loss(D(aug(gen_img)))
-    opt_G.zero_grad(set_to_none=True)
-    accelerator.backward(loss_G)
-    if log_now:
-        stats.note(grad_norm_G=grad_norm(G, scaler), lr_G=opt_G.param_groups[0]["lr"])
-    update(opt_G)
-    D.requires_grad_(True)
-    return loss_D, loss_G, real_logits, fake_logits
-
-
-def adam(params, lr, betas, device):
-    """Adam with the fused kernel where this torch has one for `device` (one pass over each tensor
-    instead of several: 5x faster on the CPU for the report's model), else the multi-tensor one."""
-    params = list(params)
-    if device.type in ("cuda", "cpu"):
-        try:
-            return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
-        except (RuntimeError, TypeError, ValueError):  # an older torch without this kernel
-            pass
-    return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
-
-
-def compile_available():
-    """Whether torch.compile can run here; if not, say why (training goes on uncompiled)."""
-    try:
-        import torch._dynamo
-        if not torch._dynamo.is_dynamo_supported():
-            raise RuntimeError(f"TorchDynamo does not support Python {sys.version.split()[0]} on this platform")
-    except Exception as e:
-        print(f"warning: --compile is unavailable ({e}); training without it", file=sys.stderr)
-        return False
-    return True
+from gan_dist.evaluation.colour import DriftTracker, colour_report, colour_stats
+from gan_dist.networks.augment import diff_augment, parse_policy
+from gan_dist.networks.models import GANConfig, build_models
+from gan_dist.training.checkpoint import (
+    check_finite,
+    read_meta,
+    remove_partials,
+    resolve_resume,
+    save_checkpoint,
+)
+from gan_dist.training.data import (
+    DataError,
+    check_matches,
+    decoded_gib,
+    device_decoded,
+    epoch_batches,
+    first_batch,
+    load_into_memory,
+    load_manifest,
+    memory_epoch_batches,
+    shard_counts,
+    to_device_float,
+)
+from gan_dist.training.ddp import (
+    DistributedError,
+    check_consistency,
+    check_launch,
+    convert_sync_bn,
+    ddp_kwargs,
+    sync_buffers,
+)
+from gan_dist.training.ema import load_ema, make_ema
+from gan_dist.training.ema import update as ema_update
+from gan_dist.training.options import parse_args
+from gan_dist.training.preemption import EXIT_PREEMPTED, StopSignal
+from gan_dist.training.stats import TRAIN_KEYS, IntervalStats, check_row
+from gan_dist.training.step import adam, compile_available, gan_step, generate
+from gan_dist.training.tracking import (
+    MetricsLog,
+    finish_run,
+    init_trackers,
+    log_grid,
+    tracker_names,
+)
 
 
 class UsageError(Exception):
@@ -292,7 +169,11 @@ def train(args):
     nets = {"G": G, "D": D, **({"G_ema": G_ema} if G_ema is not None else {})}
     extractor = None
     if args.eval_steps:
-        from gan_dist.metrics import evaluate, format_result, inception_for_run  # torchmetrics: 2 s to import
+        from gan_dist.evaluation.metrics import (  # torchmetrics is slow to import
+            evaluate,
+            format_result,
+            inception_for_run,
+        )
         extractor, why_not = inception_for_run(accelerator, args.inception_weights)
         if why_not:
             accelerator.print(f"warning: {why_not}")
@@ -348,7 +229,7 @@ def train(args):
             if step % args.sample_interval == 0 or done:
                 log_grid(accelerator, generate(sampler, fixed_z), output_dir, step)
                 colour = colour_report(colour_stats(generate(sampler, colour_z)), real_colour)
-                for warning in drift.update(colour, step):  # the report's saturation / contrast creep
+                for warning in drift.update(colour, step):  # the saturation / contrast creep the vanilla recipe shows
                     accelerator.print(warning)
                 metrics.log(colour, step)
             if extractor is not None and (step % args.eval_steps == 0 or done):

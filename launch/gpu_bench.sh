@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The bench on one CUDA GPU, under 5 minutes: the report's MLP at 128x128x3, batch 64; our
+# The bench on one CUDA GPU, under 5 minutes: the vanilla MLP at 128x128x3, batch 64; our
 # trainer at fp32/bf16/fp16 (each also with --compile when the trainer has that flag) against
-# the report's loop and a bare PyTorch loop; images/s, data-wait fraction, peak GPU memory.
+# the vanilla loop and a bare PyTorch loop; images/s, data-wait fraction, peak GPU memory.
 # Writes $OUT/bench_gpu.json when OUT is set, else runs/bench_gpu.json.
 # Usage: launch/gpu_bench.sh [more `python -m gan_dist.bench gpu` flags, e.g. --data shards/lfw]
 # On a machine without webdataset, put its wheels in .whl/ first (../shared/device/wheels.sh).

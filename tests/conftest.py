@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gan_dist.shard import pack
+from gan_dist.packing.shard import pack
 
 ROOT = Path(__file__).resolve().parents[1]
 

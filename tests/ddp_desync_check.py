@@ -2,7 +2,7 @@
 import torch
 from accelerate import Accelerator
 
-from gan_dist.ddp import DistributedError, check_consistency
+from gan_dist.training.ddp import DistributedError, check_consistency
 
 accelerator = Accelerator(cpu=True)
 torch.manual_seed(0)

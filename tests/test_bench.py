@@ -9,9 +9,11 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT
-from gan_dist import bench, bench_step, report_loop
+
+from gan_dist.bench import step as bench_step
+from gan_dist.bench import suite as bench
+from gan_dist.bench import vanilla_loop
 
 TINY = ["--img_size", "16", "--n_images", "128", "--src_size", "40", "--steps", "2", "--warmup", "2", "--repeats", "2"]
 
@@ -32,7 +34,7 @@ def bench_step_doc(tmp_path_factory):
 
 def test_step_measures_every_case(bench_step_doc):
     doc = bench_step_doc
-    assert set(doc["cases"]) == {f"step/{c}" for c in ("bare", "trainer", "trainer_streamed", "report")}
+    assert set(doc["cases"]) == {f"step/{c}" for c in ("bare", "trainer", "trainer_streamed", "vanilla")}
     for name, case in doc["cases"].items():
         assert case["images_per_s"] > 0, name
     for name in ("step/trainer", "step/trainer_streamed"):
@@ -40,7 +42,7 @@ def test_step_measures_every_case(bench_step_doc):
     for name in ("step/bare", "step/trainer"):  # the fastest of the repeats
         case = doc["cases"][name]
         assert len(case["runs"]) == 2 and case["images_per_s"] == max(case["runs"])
-    assert set(doc["ratios"]) == {"step/trainer_vs_report", "step/trainer_vs_bare", "step/trainer_streamed_vs_bare"}
+    assert set(doc["ratios"]) == {"step/trainer_vs_vanilla", "step/trainer_vs_bare", "step/trainer_streamed_vs_bare"}
     check_ratios(doc)
     assert doc["ratios"]["step/trainer_vs_bare"]["target"] == 0.95
     m = doc["machine"]
@@ -56,15 +58,15 @@ def test_tables_show_every_case_and_ratio(bench_step_doc):
 
 
 def test_data_case_on_given_shards(digits16, tmp_path):
-    """--data: our shards (16x16 greyscale) against the report's pipeline on the same images written out."""
+    """--data: our shards (16x16 greyscale) against the vanilla pipeline on the same images written out."""
     out = tmp_path / "data.json"
     bench.main(["data", "--data", str(digits16), "--seconds", "0.2", "--out", str(out)])
     doc = json.loads(out.read_text())
-    assert set(doc["cases"]) == {"data/report_16", "data/stream_png_16", "data/memory_16", "data/tar_ours_16",
+    assert set(doc["cases"]) == {"data/vanilla_16", "data/stream_png_16", "data/memory_16", "data/tar_ours_16",
                                  "data/tar_webdataset_16"}
     assert all(c["images_per_s"] > 0 for c in doc["cases"].values())
-    assert set(doc["ratios"]) == {"data/stream_png_vs_report_16", "data/stream_png_vs_report_16/per_core",
-                                  "data/memory_vs_report_16", "data/memory_vs_report_16/per_core",
+    assert set(doc["ratios"]) == {"data/stream_png_vs_vanilla_16", "data/stream_png_vs_vanilla_16/per_core",
+                                  "data/memory_vs_vanilla_16", "data/memory_vs_vanilla_16/per_core",
                                   "data/tar_ours_vs_webdataset_16"}
     assert doc["config"]["channels"] == 1
     check_ratios(doc)
@@ -76,12 +78,12 @@ def test_data_case_streams_every_storage_format(tmp_path):
     bench.main(["data", "--sizes", "16", "--n_images", "128", "--src_size", "40", "--seconds", "0.2",
                 "--out", str(out)])
     doc = json.loads(out.read_text())
-    assert set(doc["cases"]) == {"data/report_16", "data/memory_16", "data/tar_ours_16", "data/tar_webdataset_16",
+    assert set(doc["cases"]) == {"data/vanilla_16", "data/memory_16", "data/tar_ours_16", "data/tar_webdataset_16",
                                  *(f"data/stream_{f}_16" for f in ("png", "jpg", "npy"))}
     assert doc["cases"]["data/stream_npy_16"]["cores"] == 2 and doc["cases"]["data/memory_16"]["cores"] == 1
     assert len(doc["ratios"]) == 9
     check_ratios(doc)
-    assert bench.TARGETS["data/stream_npy_vs_report_128/per_core"] == 10.0
+    assert bench.TARGETS["data/stream_npy_vs_vanilla_128/per_core"] == 10.0
 
 
 def test_data_case_on_a_device_decodes_jpeg_there(tmp_path):
@@ -90,15 +92,15 @@ def test_data_case_on_a_device_decodes_jpeg_there(tmp_path):
     src = bench.bench_data.make_source_images(tmp_path / "src", 128, size=40)
     shards = bench.bench_data.pack_sizes(src, tmp_path, [16], 1, formats=("jpg",))
     cases = bench.bench_data.data_cases(shards, {16: src}, 0.2, device="cpu")
-    assert set(cases) == {"data/report_16", "data/stream_jpg_16", "data/stream_jpg_on_device_16", "data/memory_16",
+    assert set(cases) == {"data/vanilla_16", "data/stream_jpg_16", "data/stream_jpg_on_device_16", "data/memory_16",
                           "data/tar_ours_16", "data/tar_webdataset_16"}
     assert all(c["images_per_s"] > 0 for c in cases.values())
     assert "float on cpu" in cases["data/stream_jpg_16"]["what"]
 
 
-def test_report_loop_trains_on_an_image_folder(tmp_path, capsys):
+def test_vanilla_loop_trains_on_an_image_folder(tmp_path, capsys):
     folder = bench.bench_data.make_source_images(tmp_path / "images", 130, size=24)
-    report_loop.main(["--data", str(folder), "--img_size", "8", "--max-batches", "3", "--warmup-batches", "1",
+    vanilla_loop.main(["--data", str(folder), "--img_size", "8", "--max-batches", "3", "--warmup-batches", "1",
                       "--n_cpu", "0", "--out", str(tmp_path / "out")])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["batches"] == 3 and result["images_per_s"] > 0 and result["device"] in ("cpu", "cuda")
@@ -124,7 +126,7 @@ def test_gpu_cases_and_ratios(monkeypatch, tmp_path, capsys, has_compile):
     """The GPU run's plan without a GPU: the subprocess cases replaced by fixed figures."""
     flags = {"--mixed_precision", "--data"} | ({"--compile"} if has_compile else set())
     monkeypatch.setattr(bench_step, "trainer_flags", lambda: flags)
-    monkeypatch.setattr(bench_step, "report_case", lambda *a, **k: {"images_per_s": 1000.0})
+    monkeypatch.setattr(bench_step, "vanilla_case", lambda *a, **k: {"images_per_s": 1000.0})
     monkeypatch.setattr(bench_step, "bare_case", lambda *a, mixed_precision="no", **k: {
         "images_per_s": 4e4 if mixed_precision == "bf16" else 2e4})
     seen = []
@@ -138,7 +140,7 @@ def test_gpu_cases_and_ratios(monkeypatch, tmp_path, capsys, has_compile):
     bench.run_gpu(res, tmp_path, "shards", "images", 128, 3, 10, 5, 10, streamed={"png": "p", "npy": "n", "jpg": "j"})
     names = [n for n, _ in bench.gpu_cases(has_compile)]
     streamed = list(bench.STREAMED_GPU_CASES)
-    assert set(res.cases) == {"gpu/report", "gpu/bare_fp32", "gpu/bare_bf16", *names, *streamed}
+    assert set(res.cases) == {"gpu/vanilla", "gpu/bare_fp32", "gpu/bare_bf16", *names, *streamed}
     assert len(names) == (6 if has_compile else 3)
     ran = [name for name in res.cases if name.startswith("gpu/trainer")]
     assert ran == [n for n in names if "compile" not in n] + streamed + [n for n in names if "compile" in n]
@@ -146,7 +148,7 @@ def test_gpu_cases_and_ratios(monkeypatch, tmp_path, capsys, has_compile):
     assert seen[ran.index("gpu/trainer_bf16_streamed_jpg_on_device")][-1] == "--decode_on_device"
     doc = json.loads((tmp_path / "gpu.json").read_text())
     check_ratios(doc)
-    assert doc["ratios"]["gpu/trainer_bf16_vs_report"]["value"] == 30.0
+    assert doc["ratios"]["gpu/trainer_bf16_vs_vanilla"]["value"] == 30.0
     assert ("gpu/trainer_bf16_compile_vs_bf16" in doc["ratios"]) == has_compile
     assert ("skipping the compile cases" in capsys.readouterr().err) == (not has_compile)
 

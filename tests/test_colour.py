@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from gan_dist.colour import DriftTracker, colour_gap, colour_report, colour_stats
+from gan_dist.evaluation.colour import (
+    DriftTracker,
+    colour_gap,
+    colour_report,
+    colour_stats,
+)
 
 
 def rgb(r, g, b, size=4, n=2):

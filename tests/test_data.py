@@ -6,9 +6,16 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_dist.data import (DataError, check_matches, epoch_batches, load_into_memory, load_manifest,
-                           memory_epoch_batches, to_device_float)
-from gan_dist.shard import MANIFEST, pack
+from gan_dist.packing.shard import MANIFEST, pack
+from gan_dist.training.data import (
+    DataError,
+    check_matches,
+    epoch_batches,
+    load_into_memory,
+    load_manifest,
+    memory_epoch_batches,
+    to_device_float,
+)
 
 
 def batches(urls, epoch=0, seed=0, skip=0, workers=0, steps=6, bs=32):
@@ -49,7 +56,7 @@ def test_ranks_draw_different_streams(digits16, monkeypatch):
 
 
 def test_more_workers_than_shards(tmp_path):
-    from gan_dist.shard import pack
+    from gan_dist.packing.shard import pack
     pack("lfw-subset", tmp_path / "one", size=8, channels=1, shard_size=1000)
     _, urls = load_manifest(tmp_path / "one")
     assert len(urls) == 1
@@ -130,7 +137,7 @@ def test_formats_decode_to_the_same_batches(photo_packs):
 
 
 def test_npy_fast_path_checks_dtype_and_order(tmp_path):
-    from gan_dist.data import decode_sample
+    from gan_dist.training.data import decode_sample
     img = np.arange(5 * 4 * 3, dtype=np.uint8).reshape(5, 4, 3)
     for arr in (img, img[:, :, 0]):
         buf = io.BytesIO()
@@ -145,7 +152,7 @@ def test_npy_fast_path_checks_dtype_and_order(tmp_path):
 
 
 def test_decode_on_device_matches_the_workers_and_replaces_a_bad_jpeg(photo_packs):
-    from gan_dist.data import decode_on_device, device_decoded
+    from gan_dist.training.data import decode_on_device, device_decoded
     manifest, urls = load_manifest(photo_packs["jpg"])
     decoded = next(epoch_batches(urls, 8, 1, 0, 0, 0))[0]
     (data, offsets), skipped = next(epoch_batches(urls, 8, 1, 0, 0, 2, encoded=True))

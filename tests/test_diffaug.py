@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gan_dist.diffaug import POLICIES, diff_augment, parse_policy
+from gan_dist.networks.augment import POLICIES, diff_augment, parse_policy
 
 ALL = "color,translation,cutout"
 

@@ -3,7 +3,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, finish, free_port, launch, run_torchrun, torchrun_cmd
 from conftest import train_rows as rows
 
@@ -48,7 +47,7 @@ def test_consistency_check_catches_a_desynchronised_rank():
 
 def test_uneven_shards_ranks_and_workers_finish_without_hang(tmp_path):
     """3 shards (34/34/32 images) streamed by 2 ranks x 2 workers: equal step counts, no hang."""
-    from gan_dist.shard import pack
+    from gan_dist.packing.shard import pack
     m = pack("lfw-subset", tmp_path / "faces", size=8, channels=1, shard_size=34)
     assert [s["count"] for s in m["shards"]] == [34, 34, 32]
     out = tmp_path / "run"

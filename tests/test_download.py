@@ -1,11 +1,15 @@
 import hashlib
 
 import pytest
-
-from gan_dist.download import USER_AGENT, DownloadError, default_cache_dir, fetch
-
 from conftest import free_port
 from http_fixtures import FileServer
+
+from gan_dist.packing.download import (
+    USER_AGENT,
+    DownloadError,
+    default_cache_dir,
+    fetch,
+)
 
 BLOB = bytes(range(256)) * 400  # 102,400 bytes
 DIGEST = hashlib.sha256(BLOB).hexdigest()

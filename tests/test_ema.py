@@ -2,8 +2,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gan_dist.ema import EMA_FILE, ema_beta, load_ema, make_ema, save_ema, update
-from gan_dist.models import GANConfig, build_models
+from gan_dist.networks.models import GANConfig, build_models
+from gan_dist.training.ema import (
+    EMA_FILE,
+    ema_beta,
+    load_ema,
+    make_ema,
+    save_ema,
+    update,
+)
 
 
 class Tiny(nn.Module):

@@ -8,11 +8,11 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import finish, launch, run_module, run_torchrun, torchrun_cmd
 from conftest import train_rows as rows
-from gan_dist.shard import pack
+from safetensors.torch import load_file
+
+from gan_dist.packing.shard import pack
 
 
 def train_cmd(data, out, *extra):

@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from conftest import run_module
 from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 
-from gan_dist.data import decode_sample
-from gan_dist.models import GANConfig, build_models
-from gan_dist.train import generate
-
-from conftest import run_module
+from gan_dist.networks.models import GANConfig, build_models
+from gan_dist.training.data import decode_sample
+from gan_dist.training.step import generate
 
 STEPS = 2000
 

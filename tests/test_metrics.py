@@ -11,11 +11,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-
 from conftest import finish, launch
-from gan_dist.metrics import (INCEPTION_FILE, INCEPTION_URL, WEIGHTS_ENV, MetricUnavailable, evaluate, fid_kid,
-                              format_result, generated_features, inception_for_run, inception_weights, metric_name,
-                              real_features, to_uint8_rgb)
+
+from gan_dist.evaluation.metrics import (
+    INCEPTION_FILE,
+    INCEPTION_URL,
+    WEIGHTS_ENV,
+    MetricUnavailable,
+    evaluate,
+    fid_kid,
+    format_result,
+    generated_features,
+    inception_for_run,
+    inception_weights,
+    metric_name,
+    real_features,
+    to_uint8_rgb,
+)
 
 LATENT = 8
 

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from gan_dist.models import GANConfig, build_models, count_params
+from gan_dist.networks.models import GANConfig, build_models, count_params
 
 
-def test_report_mlp_has_exact_parameter_counts():
+def test_vanilla_mlp_has_exact_parameter_counts():
     G, D = build_models(GANConfig("mlp", latent_dim=100, img_size=128, channels=3))
     assert count_params(G) == 51_087_232
     assert count_params(D) == 25_297_921
-    # BatchNorm1d with the report's eps=0.8 (its second positional argument)
+    # BatchNorm1d with gan.py's eps=0.8 (its second positional argument)
     eps = {m.eps for m in G.modules() if isinstance(m, torch.nn.BatchNorm1d)}
     assert eps == {0.8}
 

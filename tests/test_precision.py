@@ -2,13 +2,12 @@
 import torch
 from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
-
-from gan_dist.losses import d_loss
-from gan_dist.models import GANConfig, build_models
-from gan_dist.stats import IntervalStats
-from gan_dist.train import adam, gan_step
-
 from conftest import run_module, train_rows
+
+from gan_dist.networks.losses import d_loss
+from gan_dist.networks.models import GANConfig, build_models
+from gan_dist.training.stats import IntervalStats
+from gan_dist.training.step import adam, gan_step
 
 
 def prepared(scale):

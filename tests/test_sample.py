@@ -3,13 +3,13 @@ import sys
 
 import pytest
 import torch
+from conftest import run_module
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import run_module
-from gan_dist.ema import EMA_FILE
-from gan_dist.sample import latents, load_generator, main, slerp
-from gan_dist.shard import pack
+from gan_dist.evaluation.sample import latents, load_generator, main, slerp
+from gan_dist.packing.shard import pack
+from gan_dist.training.ema import EMA_FILE
 
 
 @pytest.fixture(scope="module")

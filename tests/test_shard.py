@@ -4,12 +4,11 @@ import tarfile
 import numpy as np
 import pytest
 import webdataset as wds
+from conftest import write_images
 from PIL import Image
 
-from gan_dist.data import decode_sample
-from gan_dist.shard import MANIFEST, PackError, main, pack
-
-from conftest import write_images
+from gan_dist.packing.shard import MANIFEST, PackError, main, pack
+from gan_dist.training.data import decode_sample
 
 
 def read_back(out):
@@ -42,7 +41,7 @@ def test_manifest_checksums_match_and_packing_is_deterministic(tmp_path):
     first = pack("folder", tmp_path / "one", src=tmp_path / "src", size=8, channels=3, shard_size=5, workers=2)
     second = pack("folder", tmp_path / "two", src=tmp_path / "src", size=8, channels=3, shard_size=5)
     assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
-    from gan_dist.shard import sha256_file
+    from gan_dist.packing.shard import sha256_file
     for s in first["shards"]:
         assert sha256_file(tmp_path / "one" / s["file"]) == s["sha256"]
         with tarfile.open(tmp_path / "one" / s["file"]) as tar:

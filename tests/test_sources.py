@@ -6,14 +6,20 @@ import subprocess
 import numpy as np
 import pytest
 import webdataset as wds
+from conftest import ROOT, free_port
+from http_fixtures import (
+    FileServer,
+    ddragon_files,
+    lfw_members,
+    picture,
+    tar_bytes,
+    zip_bytes,
+)
 from PIL import Image
 
-from gan_dist.data import decode_sample
-from gan_dist.shard import MANIFEST, PackError, main, pack
-from gan_dist.sources import SOURCES, read_folder
-
-from conftest import ROOT, free_port
-from http_fixtures import FileServer, ddragon_files, lfw_members, picture, tar_bytes, zip_bytes
+from gan_dist.packing.shard import MANIFEST, PackError, main, pack
+from gan_dist.packing.sources import SOURCES, read_folder
+from gan_dist.training.data import decode_sample
 
 LFW_PATH = "/files/5976018"  # figshare's path for lfw.tgz
 

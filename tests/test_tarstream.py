@@ -4,7 +4,7 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from gan_dist.tarstream import TarFormatError, tar_members, tar_samples
+from gan_dist.training.tarstream import TarFormatError, tar_members, tar_samples
 
 
 def write_tar(path, members, fmt=tarfile.PAX_FORMAT):

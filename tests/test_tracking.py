@@ -1,12 +1,11 @@
-"""Trackers, metrics.jsonl, progress lines and the report, read back from real files."""
+"""Trackers, metrics.jsonl, progress lines and the summary page, read back from real files."""
 import os
 import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
-
 from conftest import ROOT, run_torchrun, train_rows
+from PIL import Image
 from wandb_records import read_run
 
 
@@ -44,10 +43,10 @@ def test_wandb_goes_offline_without_credentials_and_logs_everything(tmp_path, di
     for path in media:
         pixels = np.asarray(Image.open(path), dtype=np.float32)
         assert pixels.std() > 5, f"{path.name} is blank"
-    # the same grids are on disk, and the report was written at the end
+    # the same grids are on disk, and the summary was written at the end
     assert sorted(p.name for p in (out / "samples").iterdir()) == [
         "reals_0000000.png", "samples_0000003.png", "samples_0000006.png"]
-    assert (out / "report.png").is_file() and (out / "report.html").is_file()
+    assert (out / "summary.png").is_file() and (out / "summary.html").is_file()
 
 
 def test_wandb_failure_never_stops_training(tmp_path, digits16):
@@ -82,18 +81,18 @@ def test_two_ranks_create_exactly_one_wandb_run(tmp_path, digits16):
     assert len(offline_runs(out)) == 1
 
 
-def test_report_cli(tmp_path, digits16):
+def test_summary_cli(tmp_path, digits16):
     out = tmp_path / "run"
     assert train(digits16, out, "--report_to", "none").returncode == 0
     assert not (out / "wandb").exists() and not (out / "logs").exists()  # --report_to none: no trackers
     assert len(train_rows(out)) == 3 and (out / "samples" / "samples_0000006.png").is_file()
-    (out / "report.png").unlink()
-    r = subprocess.run([sys.executable, "-m", "gan_dist.report", str(out)], capture_output=True, text=True,
+    (out / "summary.png").unlink()
+    r = subprocess.run([sys.executable, "-m", "gan_dist.summary", str(out)], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert Image.open(out / "report.png").size[0] > 500
-    page = (out / "report.html").read_text()
+    assert Image.open(out / "summary.png").size[0] > 500
+    page = (out / "summary.html").read_text()
     assert page.count("data:image/png;base64,") == 1 + 2 + 1  # figure, 2 sample grids, reals
-    bad = subprocess.run([sys.executable, "-m", "gan_dist.report", str(tmp_path)], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "gan_dist.summary", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert bad.returncode != 0 and "no metrics.jsonl" in bad.stderr

@@ -2,14 +2,13 @@ import json
 import shutil
 
 import pytest
+from conftest import run_module
+from conftest import train_rows as rows
 from PIL import Image
 from safetensors.torch import load_file
 
-from gan_dist.models import GANConfig, build_models
+from gan_dist.networks.models import GANConfig, build_models
 from gan_dist.train import main as train_main
-
-from conftest import run_module
-from conftest import train_rows as rows
 
 
 def train(data, out, *extra):
@@ -110,7 +109,8 @@ def test_bad_data_and_options_fail_before_training(tmp_path, digits16, capsys, d
 def test_accelerate_launch_and_dcgan(tmp_path):
     """`accelerate launch gan_dist/train.py` runs the same trainer; DCGAN trains at 32 px."""
     from conftest import ROOT
-    from gan_dist.shard import pack
+
+    from gan_dist.packing.shard import pack
     pack("lfw-subset", tmp_path / "faces", size=32, channels=1)
     out = tmp_path / "run"
     r = run_module("accelerate.commands.launch", "--cpu", "--num_processes", 1, "--mixed_precision", "no",
@@ -126,7 +126,7 @@ def test_accelerate_launch_and_dcgan(tmp_path):
 def test_shards_from_a_url_template_decoded_on_the_device(tmp_path):
     """--shard_url reads shards through any WebDataset URL (here a pipe:), --data only holds the manifest;
     --decode_on_device leaves JPEGs undecoded in the workers and decodes each batch on the device (here the CPU)."""
-    from gan_dist.shard import pack
+    from gan_dist.packing.shard import pack
     pack("digits", tmp_path / "jpg", size=16, channels=1, shard_size=500, fmt="jpg")
     (tmp_path / "meta").mkdir()
     (tmp_path / "meta" / "manifest.json").write_bytes((tmp_path / "jpg" / "manifest.json").read_bytes())

@@ -1,6 +1,6 @@
-"""The bench's images and its `data` case: our loader versus the report's ImageFolder pipeline.
+"""The bench's images and its `data` case: our loader versus the vanilla ImageFolder pipeline.
 
-Both read the same source images on the same cores: the report's pipeline decodes each
+Both read the same source images on the same cores: the vanilla pipeline decodes each
 source JPEG and resizes it per sample (ImageFolder + Resize + ToTensor + Normalize, 2
 workers, batch 64); ours reads pre-resized shards (PNG, JPEG or raw .npy), either streamed
 by 2 workers or decoded once into memory, where a step's cost is an index into a tensor.
@@ -14,16 +14,23 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from gan_dist.data import (device_decoded, epoch_batches, load_into_memory, load_manifest, memory_epoch_batches,
-                           shard_counts, to_device_float)
-from gan_dist.bench_step import BATCH
-from gan_dist.shard import pack
-from gan_dist.tarstream import tar_samples
+from gan_dist.bench.step import BATCH
+from gan_dist.names import FORMATS
+from gan_dist.packing.shard import pack
+from gan_dist.training.data import (
+    device_decoded,
+    epoch_batches,
+    load_into_memory,
+    load_manifest,
+    memory_epoch_batches,
+    shard_counts,
+    to_device_float,
+)
+from gan_dist.training.tarstream import tar_samples
 
 # scikit-image's bundled colour photos: no download
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
-REPORT_WORKERS = 2  # the report's --n_cpu 2
-FORMATS = ("png", "jpg", "npy")  # gan_dist.shard --format
+VANILLA_WORKERS = 2  # the vanilla recipe's --n_cpu 2
 
 
 def make_source_images(folder, n, size=250, seed=0, quality=90):
@@ -116,8 +123,8 @@ def tar_rate(shard_dir, seconds, reader):
     return n / (time.perf_counter() - t0)
 
 
-def report_pipeline_rate(folder, size, seconds, warmup=3, workers=REPORT_WORKERS, channels=3, device=None):
-    """Images/s of the report's loader (ImageFolder, Resize, ToTensor, Normalize) at size x size; its batches
+def vanilla_pipeline_rate(folder, size, seconds, warmup=3, workers=VANILLA_WORKERS, channels=3, device=None):
+    """Images/s of the vanilla loader (ImageFolder, Resize, ToTensor, Normalize) at size x size; its batches
     are float already, and with `device` they are copied there."""
     from torchvision import datasets, transforms
 
@@ -133,7 +140,7 @@ def report_pipeline_rate(folder, size, seconds, warmup=3, workers=REPORT_WORKERS
     return _rate(lambda epoch: loader, seconds, warmup, finish, device)
 
 
-def stream_rate(shard_dir, seconds, warmup=3, workers=REPORT_WORKERS, device=None, decode_on_device=False):
+def stream_rate(shard_dir, seconds, warmup=3, workers=VANILLA_WORKERS, device=None, decode_on_device=False):
     """Images/s of our streamed path: shards decoded to uint8 by `workers` (with `decode_on_device`, JPEGs
     passed undecoded and each batch decoded on `device`), then scaled to float on `device` if one is given."""
     manifest, urls = load_manifest(shard_dir)
@@ -152,19 +159,19 @@ def memory_rate(shard_dir, seconds, warmup=3, device=None):
     """(images/s, load seconds) of our in-memory path: decode once, then index a uint8 tensor per step."""
     manifest, urls = load_manifest(shard_dir)
     t = time.perf_counter()
-    images, _ = load_into_memory(urls, REPORT_WORKERS, shard_counts(manifest, urls))
+    images, _ = load_into_memory(urls, VANILLA_WORKERS, shard_counts(manifest, urls))
     load_s = time.perf_counter() - t
     steps = max(1, len(images) // BATCH)
     return _rate(lambda epoch: memory_epoch_batches(images, BATCH, steps, 0, epoch, 0, 1), seconds, warmup,
                  _to_device(device), device), load_s
 
 
-def data_cases(shard_dirs, report_folders, seconds, channels=3, device=None):
+def data_cases(shard_dirs, vanilla_folders, seconds, channels=3, device=None):
     """Measure every data case at each size; returns {name: {"images_per_s", "cores", ...}}.
 
-    shard_dirs maps a size to {format: shard dir}; report_folders maps it to the image folder the
-    report's pipeline reads. Without `device`, a case ends when its batch is in the main process,
-    ready to go to the device: the report's as float (its workers convert), ours as uint8 (the
+    shard_dirs maps a size to {format: shard dir}; vanilla_folders maps it to the image folder the
+    vanilla pipeline reads. Without `device`, a case ends when its batch is in the main process,
+    ready to go to the device: the vanilla loader's as float (its workers convert), ours as uint8 (the
     trainer converts on the device). With `device` (a GPU), every batch ends as float there, and
     JPEG shards are also streamed undecoded and decoded on it.
 
@@ -172,19 +179,19 @@ def data_cases(shard_dirs, report_folders, seconds, channels=3, device=None):
     """
     cases, ends = {}, f"float on {device}" if device else "uint8 in the main process"
     for size, by_format in sorted(shard_dirs.items()):
-        cases[f"data/report_{size}"] = {
-            "images_per_s": report_pipeline_rate(report_folders[size], size, seconds, channels=channels,
+        cases[f"data/vanilla_{size}"] = {
+            "images_per_s": vanilla_pipeline_rate(vanilla_folders[size], size, seconds, channels=channels,
                                                  device=device),
-            "cores": REPORT_WORKERS,
+            "cores": VANILLA_WORKERS,
             "what": "ImageFolder+Resize+ToTensor+Normalize, " + (f"float on {device}" if device else "float")}
         for fmt, shard_dir in by_format.items():
             cases[f"data/stream_{fmt}_{size}"] = {"images_per_s": stream_rate(shard_dir, seconds, device=device),
-                                                  "cores": REPORT_WORKERS,
+                                                  "cores": VANILLA_WORKERS,
                                                   "what": f"{fmt} shards streamed, decoded by the workers, {ends}"}
         if device is not None and "jpg" in by_format:
             cases[f"data/stream_jpg_on_device_{size}"] = {
                 "images_per_s": stream_rate(by_format["jpg"], seconds, device=device, decode_on_device=True),
-                "cores": REPORT_WORKERS, "what": f"jpg shards streamed undecoded, each batch decoded on {device}"}
+                "cores": VANILLA_WORKERS, "what": f"jpg shards streamed undecoded, each batch decoded on {device}"}
         first = next(iter(by_format.values()))
         for reader in ("webdataset", "ours"):
             cases[f"data/tar_{reader}_{size}"] = {

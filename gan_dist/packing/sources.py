@@ -20,7 +20,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from gan_dist import download
+from gan_dist.packing import download
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gan_dist.ema import EMA_FILE, save_ema
+from gan_dist.training.ema import EMA_FILE, save_ema
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 META = "gan.json"

@@ -1,4 +1,4 @@
-"""Generators and discriminators: the report's MLP pair and a DCGAN pair.
+"""Generators and discriminators: the vanilla MLP pair (PyTorch-GAN's gan.py) and a DCGAN pair.
 
 Discriminators return logits (no Sigmoid), so the loss can use BCE-with-logits and
 run under autocast; D(x) as a probability is `torch.sigmoid(logit)`.
@@ -33,7 +33,7 @@ class GANConfig:
 
 
 class MLPGenerator(nn.Module):
-    """The report's generator: Linear+BatchNorm1d(eps=0.8)+LeakyReLU blocks, Tanh image."""
+    """The vanilla generator: Linear+BatchNorm1d(eps=0.8)+LeakyReLU blocks, Tanh image."""
 
     def __init__(self, cfg: GANConfig):
         super().__init__()
@@ -42,7 +42,7 @@ class MLPGenerator(nn.Module):
         def block(n_in, n_out, normalize=True):
             layers = [nn.Linear(n_in, n_out)]
             if normalize:
-                layers.append(nn.BatchNorm1d(n_out, eps=0.8))  # the report's eps, kept as is
+                layers.append(nn.BatchNorm1d(n_out, eps=0.8))  # gan.py's eps, kept as is
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             return layers
 
@@ -56,7 +56,7 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """The report's 3-layer MLP discriminator, returning a logit instead of a probability."""
+    """The vanilla 3-layer MLP discriminator, returning a logit instead of a probability."""
 
     def __init__(self, cfg: GANConfig):
         super().__init__()

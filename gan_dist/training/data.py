@@ -21,9 +21,9 @@ import torch
 import webdataset as wds
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from gan_dist.preemption import ignore_stop_signals
-from gan_dist.shard import MANIFEST
-from gan_dist.tarstream import tar_samples
+from gan_dist.names import MANIFEST
+from gan_dist.training.preemption import ignore_stop_signals
+from gan_dist.training.tarstream import tar_samples
 
 
 class DataError(Exception):

@@ -32,7 +32,13 @@ from safetensors.torch import save_file
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from gan_dist.download import DownloadError, default_cache_dir, fetch, sha256_file
+from gan_dist.names import MANIFEST
+from gan_dist.packing.download import (
+    DownloadError,
+    default_cache_dir,
+    fetch,
+    sha256_file,
+)
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's port of TF Inception
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
@@ -162,7 +168,7 @@ def tool_name(extractor):
 
 def _manifest_path(data):
     path = Path(data)
-    return path / "manifest.json" if path.is_dir() else path
+    return path / MANIFEST if path.is_dir() else path
 
 
 def real_cache_path(data, extractor, num_real, cache_dir=None):

@@ -1,6 +1,6 @@
 """Verified, resumable downloads into a cache directory (standard library + tqdm, no torch).
 
-    from gan_dist.download import fetch
+    from gan_dist.packing.download import fetch
     got = fetch(["https://mirror-a/lfw.tgz", "https://mirror-b/lfw.tgz"], "lfw.tgz", sha256="055f...")
     got.path, got.sha256
 

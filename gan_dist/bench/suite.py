@@ -1,8 +1,8 @@
-"""Speed of our input path and trainer against the report's, measured side by side on this machine.
+"""Speed of our input path and trainer against the vanilla loop, measured side by side on this machine.
 
     python -m gan_dist.bench all --out runs/bench.json        # what `make bench` runs (CPU, 5-10 min on 2 cores)
     python -m gan_dist.bench data --sizes 64 128              # loader images/s only
-    python -m gan_dist.bench step --img_size 128              # trainer vs the report's loop vs a bare loop
+    python -m gan_dist.bench step --img_size 128              # trainer vs the vanilla loop vs a bare loop
     python -m gan_dist.bench step --data shards/lfw           # on shards of your own
     python -m gan_dist.bench gpu --out $OUT/bench_gpu.json    # one CUDA GPU (launch/gpu_bench.sh)
 
@@ -24,17 +24,18 @@ from pathlib import Path
 
 import torch
 
-from gan_dist import bench_data, bench_step
-from gan_dist.data import load_manifest
-from gan_dist.shard import cores
+from gan_dist.bench import data as bench_data
+from gan_dist.bench import step as bench_step
+from gan_dist.names import FORMATS, cores
+from gan_dist.training.data import load_manifest
 
-TARGETS = {  # from issue 5; printed beside the ratios, never asserted
-    "data/memory_vs_report_128/per_core": 10.0,
-    **{f"data/stream_{fmt}_vs_report_128/per_core": 10.0 for fmt in bench_data.FORMATS},
+TARGETS = {  # printed beside the ratios, never asserted
+    "data/memory_vs_vanilla_128/per_core": 10.0,
+    **{f"data/stream_{fmt}_vs_vanilla_128/per_core": 10.0 for fmt in FORMATS},
     "step/trainer_vs_bare": 0.95,
-    "gpu/trainer_bf16_vs_report": 20.0,
+    "gpu/trainer_bf16_vs_vanilla": 20.0,
 }
-GPU_IMAGES_PER_S_TARGET = 30_000  # the report's model at 128x128, bf16, batch 64, one H100-class GPU
+GPU_IMAGES_PER_S_TARGET = 30_000  # the vanilla MLP at 128x128, bf16, batch 64, one H100-class GPU
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -118,12 +119,12 @@ def format_tables(doc):
 # ---- preparing the images and shards
 
 def prepare(args, work, data_sizes, step_sizes):
-    """Return (shard dirs {size: {format: dir}}, image folder for the report's pipeline by size, channels).
+    """Return (shard dirs {size: {format: dir}}, image folder for the vanilla pipeline by size, channels).
 
     The data case's sizes get every storage format; a size only the step case uses gets PNG."""
     if args.data:
         manifest, _ = load_manifest(args.data)
-        folder = bench_data.unpack_to_folder(args.data, work / "report_images")
+        folder = bench_data.unpack_to_folder(args.data, work / "vanilla_images")
         return ({manifest["size"]: {manifest.get("image_format", "png"): Path(args.data)}},
                 {manifest["size"]: folder}, manifest["channels"])
     src = Path(args.src) if args.src else None
@@ -139,14 +140,14 @@ def prepare(args, work, data_sizes, step_sizes):
 # ---- the cases
 
 def run_data(res, shards, folders, channels, seconds, device=None):
-    """The data case at every size: our streamed (each format) and in-memory paths versus the report's pipeline."""
+    """The data case at every size: our streamed (each format) and in-memory paths versus the vanilla pipeline."""
     for name, case in bench_data.data_cases(shards, folders, seconds, channels, device).items():
         res.add(name, case)
     for size in sorted(shards):
         ours = [f"stream_{fmt}" for fmt in shards[size]] + ["stream_jpg_on_device", "memory"]
         for path in ours:
-            res.ratio(f"data/{path}_vs_report_{size}", f"data/{path}_{size}", f"data/report_{size}")
-            res.ratio(f"data/{path}_vs_report_{size}/per_core", f"data/{path}_{size}", f"data/report_{size}",
+            res.ratio(f"data/{path}_vs_vanilla_{size}", f"data/{path}_{size}", f"data/vanilla_{size}")
+            res.ratio(f"data/{path}_vs_vanilla_{size}/per_core", f"data/{path}_{size}", f"data/vanilla_{size}",
                       key="images_per_s_per_core")
         res.ratio(f"data/tar_ours_vs_webdataset_{size}", f"data/tar_ours_{size}", f"data/tar_webdataset_{size}")
 
@@ -158,8 +159,8 @@ def best_of(runs):
     return {**best, "runs": [r["images_per_s"] for r in runs]}
 
 
-def run_step(res, work, shard_dir, folder, img_size, channels, steps, warmup, report_steps, repeats=1):
-    """The step case on the CPU: trainer (in memory and streamed), the report's loop, the bare loop.
+def run_step(res, work, shard_dir, folder, img_size, channels, steps, warmup, vanilla_steps, repeats=1):
+    """The step case on the CPU: trainer (in memory and streamed), the vanilla loop, the bare loop.
     The bare loop and the trainer, whose ratio is our overhead, run `repeats` times each, interleaved."""
     common = (shard_dir, img_size, channels, steps, warmup)
     bare, trainer = [], []
@@ -172,10 +173,10 @@ def run_step(res, work, shard_dir, folder, img_size, channels, steps, warmup, re
     res.add("step/trainer_streamed", {**bench_step.trainer_case(*common, work / "run_stream", cpu=True,
                                                                 extra=("--cache_gb", "0")),
                                       "what": "python -m gan_dist.train --cpu --cache_gb 0 (2 workers)"})
-    res.add("step/report", {**bench_step.report_case(folder, img_size, channels, report_steps, warmup,
-                                                     work / "report_out"),
-                            "what": "the report's loop (gan_dist.report_loop), ImageFolder, 2 workers"})
-    res.ratio("step/trainer_vs_report", "step/trainer", "step/report")
+    res.add("step/vanilla", {**bench_step.vanilla_case(folder, img_size, channels, vanilla_steps, warmup,
+                                                     work / "vanilla_out"),
+                            "what": "the vanilla loop (gan_dist.bench.vanilla_loop), ImageFolder, 2 workers"})
+    res.ratio("step/trainer_vs_vanilla", "step/trainer", "step/vanilla")
     res.ratio("step/trainer_vs_bare", "step/trainer", "step/bare")
     res.ratio("step/trainer_streamed_vs_bare", "step/trainer_streamed", "step/bare")
 
@@ -197,17 +198,17 @@ STREAMED_GPU_CASES = {  # name: (shard format, trainer flags): bf16 with the dat
 }
 
 
-def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, report_steps, streamed=None):
-    """The step case on one CUDA GPU: the report's loop, bare loops, the trainer at fp32/bf16/fp16, streamed
+def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, vanilla_steps, streamed=None):
+    """The step case on one CUDA GPU: the vanilla loop, bare loops, the trainer at fp32/bf16/fp16, streamed
     from `streamed` shards ({format: dir}) where given, then with --compile (last: compiling takes longest)."""
     has_compile = "--compile" in bench_step.trainer_flags()
     if not has_compile:
         print("note: `python -m gan_dist.train --help` lists no --compile; skipping the compile cases",
               file=sys.stderr)
     res.doc["config"].update(compile_cases=has_compile, gpu_images_per_s_target=GPU_IMAGES_PER_S_TARGET)
-    res.add("gpu/report", {**bench_step.report_case(folder, img_size, channels, report_steps, warmup,
-                                                    work / "report_out"),
-                           "what": "the report's loop on the GPU (fp32, ImageFolder, 2 workers)"})
+    res.add("gpu/vanilla", {**bench_step.vanilla_case(folder, img_size, channels, vanilla_steps, warmup,
+                                                    work / "vanilla_out"),
+                           "what": "the vanilla loop on the GPU (fp32, ImageFolder, 2 workers)"})
     for mp in ("no", "bf16"):
         tag = "fp32" if mp == "no" else mp
         res.add(f"gpu/bare_{tag}", {**bench_step.bare_case(shard_dir, steps, warmup, cpu=False, mixed_precision=mp),
@@ -226,8 +227,8 @@ def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, rep
             res.ratio(f"{name}_vs_bf16", name, "gpu/trainer_bf16")
     for name, flags in (c for c in cases if "--compile" in c[1]):
         trainer(name, shard_dir, flags)
-    res.ratio("gpu/trainer_bf16_vs_report", "gpu/trainer_bf16", "gpu/report")
-    res.ratio("gpu/trainer_fp32_vs_report", "gpu/trainer_fp32", "gpu/report")
+    res.ratio("gpu/trainer_bf16_vs_vanilla", "gpu/trainer_bf16", "gpu/vanilla")
+    res.ratio("gpu/trainer_fp32_vs_vanilla", "gpu/trainer_fp32", "gpu/vanilla")
     for tag in ("fp32", "bf16"):
         res.ratio(f"gpu/trainer_{tag}_vs_bare_{tag}", f"gpu/trainer_{tag}", f"gpu/bare_{tag}")
     for tag in ("bf16", "fp16"):
@@ -250,7 +251,7 @@ def parse_args(argv=None):
     p.add_argument("--work", default=None, help="keep images, shards and runs here (default: a temporary folder)")
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="data case image sizes (default 64 128; gpu: 128)")
-    p.add_argument("--formats", nargs="+", choices=bench_data.FORMATS, default=list(bench_data.FORMATS),
+    p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS),
                    help="shard formats the data case streams (gan_dist.shard --format)")
     p.add_argument("--img_size", type=int, default=None,
                    help="step case image size (default 64 on the CPU, where 128 takes 4x longer; gpu: 128)")
@@ -258,8 +259,8 @@ def parse_args(argv=None):
     p.add_argument("--src_size", type=int, default=250, help="side of the source images the bench writes (LFW: 250)")
     p.add_argument("--seconds", type=float, default=None, help="timed seconds per data case (default 5; gpu: 3)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per step case (default 100; gpu: 500)")
-    p.add_argument("--report_steps", type=int, default=None,
-                   help="timed batches of the report's loop (default: --steps; gpu: 100)")
+    p.add_argument("--vanilla_steps", type=int, default=None,
+                   help="timed batches of the vanilla loop (default: --steps; gpu: 100)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20; gpu: 100)")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of the CPU step case's bare loop and trainer, interleaved; the fastest of each counts")
@@ -270,8 +271,8 @@ def parse_args(argv=None):
     args.seconds = args.seconds or (3.0 if gpu else 5.0)
     args.steps = args.steps or (500 if gpu else 100)
     args.warmup = args.warmup or (100 if gpu else 20)
-    args.report_steps = args.report_steps or (100 if gpu else args.steps)
-    for name in ("n_images", "src_size", "steps", "warmup", "report_steps", "img_size", "repeats"):
+    args.vanilla_steps = args.vanilla_steps or (100 if gpu else args.steps)
+    for name in ("n_images", "src_size", "steps", "warmup", "vanilla_steps", "img_size", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
     if args.n_images < 2 * bench_data.BATCH and not args.data:
@@ -300,7 +301,7 @@ def main(argv=None):
         if step_case:
             by_format = shards[img_size]
             step_args = (res, work, by_format.get("png", next(iter(by_format.values()))), folders[img_size],
-                         img_size, channels, args.steps, args.warmup, args.report_steps)
+                         img_size, channels, args.steps, args.warmup, args.vanilla_steps)
             if args.what == "gpu":
                 run_gpu(*step_args, streamed=by_format)
             else:

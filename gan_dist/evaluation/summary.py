@@ -1,6 +1,6 @@
-"""A training report from a run directory: curves and sample grids, as one PNG and a self-contained HTML page.
+"""A run's summary page: curves and sample grids, as one PNG and a self-contained HTML page.
 
-    python -m gan_dist.report runs/demo        # writes runs/demo/report.png and runs/demo/report.html
+    python -m gan_dist.summary runs/demo        # writes runs/demo/summary.png and runs/demo/summary.html
 
 Reads only metrics.jsonl and samples/, so it works for any run, finished or not, with or
 without W&B. The trainer writes it at the end of every run.
@@ -44,8 +44,8 @@ def _step_of(path):
     return int(path.stem.rsplit("_", 1)[1])
 
 
-def write_report(run_dir, max_grids=6):
-    """Write RUN_DIR/report.png and RUN_DIR/report.html; return their paths."""
+def write_summary(run_dir, max_grids=6):
+    """Write RUN_DIR/summary.png and RUN_DIR/summary.html; return their paths."""
     run_dir = Path(run_dir)
     rows, grids = read_metrics(run_dir), sample_grids(run_dir, max_grids)
     rows = [r for r in rows if "loss_D" in r]  # training rows (colour and evaluation rows have their own steps)
@@ -67,7 +67,7 @@ def write_report(run_dir, max_grids=6):
             ax.imshow(Image.open(path), cmap="gray")
             ax.set_title(f"step {_step_of(path)}")
             ax.axis("off")
-    png = run_dir / "report.png"
+    png = run_dir / "summary.png"
     fig.savefig(png, dpi=80)
     plt.close(fig)
 
@@ -81,23 +81,23 @@ def write_report(run_dir, max_grids=6):
     page = (f"<!doctype html><meta charset=utf-8><title>{html.escape(run_dir.name)}</title>"
             f"<style>body{{font-family:sans-serif}} img{{image-rendering:pixelated;margin:4px}} "
             f"figure{{display:inline-block;margin:4px}}</style>"
-            f"<h1>Training report: {html.escape(str(run_dir))}</h1>{embed(png)}"
+            f"<h1>Training run: {html.escape(str(run_dir))}</h1>{embed(png)}"
             f"<h2>Last logged values</h2><table>{table}</table><h2>Samples over time</h2>"
             + "".join(f"<figure>{embed(p)}<figcaption>step {_step_of(p)}</figcaption></figure>"
                       for p in sorted((run_dir / "samples").glob("samples_*.png")))
             + (f"<h2>Real images</h2>{embed(reals)}" if reals.is_file() else ""))
-    out_html = run_dir / "report.html"
+    out_html = run_dir / "summary.html"
     out_html.write_text(page)
     return png, out_html
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gan_dist.report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gan_dist.summary", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="a run directory (--output_dir of a training run)")
     args = p.parse_args(argv)
     if not (Path(args.run_dir) / "metrics.jsonl").is_file():
         sys.exit(f"error: {args.run_dir} has no metrics.jsonl; pass the --output_dir of a training run")
-    for path in write_report(args.run_dir):
+    for path in write_summary(args.run_dir):
         print(path)
 
 

@@ -1,6 +1,6 @@
-"""The bench's `step` case: our trainer, the report's loop and a bare PyTorch loop, each in its own process.
+"""The bench's `step` case: our trainer, the vanilla loop and a bare PyTorch loop, each in its own process.
 
-All three train the report's MLP pair at batch 64 on the same images. The bare loop is
+All three train the vanilla MLP pair at batch 64 on the same images. The bare loop is
 our models and losses with the trainer's Adam, batches indexed from a tensor in memory,
 no Accelerate and no WebDataset: the trainer's images/s over the bare loop's is what our
 machinery costs. This module's own entry point runs the bare loop:
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-BATCH = 64  # the report's --batch_size
+BATCH = 64  # the vanilla recipe's --batch_size
 
 
 def _run(cmd, timeout, env=None):
@@ -80,9 +80,9 @@ def trainer_case(shard_dir, img_size, channels, steps, warmup, out_dir, cpu=True
     return read_metrics(Path(out_dir) / "metrics.jsonl", warmup)
 
 
-def report_case(image_folder, img_size, channels, steps, warmup, out_dir, timeout=1800):
-    """Run the report's loop (gan_dist.report_loop) on the image folder for warmup + steps batches."""
-    res = _run([sys.executable, "-m", "gan_dist.report_loop", "--data", image_folder, "--img_size", img_size,
+def vanilla_case(image_folder, img_size, channels, steps, warmup, out_dir, timeout=1800):
+    """Run the vanilla loop (gan_dist.bench.vanilla_loop) on the image folder for warmup + steps batches."""
+    res = _run([sys.executable, "-m", "gan_dist.bench.vanilla_loop", "--data", image_folder, "--img_size", img_size,
                 "--channels", channels, "--max-batches", warmup + steps, "--warmup-batches", warmup,
                 "--out", out_dir], timeout)
     result = _last_json(res.stdout)
@@ -98,10 +98,15 @@ def bare_case(shard_dir, steps, warmup, cpu=True, mixed_precision="no", timeout=
 
 def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0):
     """Train the MLP pair with plain PyTorch on batches held in memory; returns images/s after `warmup` steps."""
-    from gan_dist.data import load_into_memory, load_manifest, shard_counts, to_device_float
-    from gan_dist.losses import d_loss, g_loss
-    from gan_dist.models import GANConfig, build_models
-    from gan_dist.train import adam
+    from gan_dist.networks.losses import d_loss, g_loss
+    from gan_dist.networks.models import GANConfig, build_models
+    from gan_dist.training.data import (
+        load_into_memory,
+        load_manifest,
+        shard_counts,
+        to_device_float,
+    )
+    from gan_dist.training.step import adam
 
     manifest, urls = load_manifest(shard_dir)
     images, _ = load_into_memory(urls, 2, shard_counts(manifest, urls))

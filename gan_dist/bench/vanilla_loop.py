@@ -1,17 +1,17 @@
-"""The seed report's training loop, shipped so the bench can run it: the reference we measure against.
+"""The vanilla GAN's training loop (PyTorch-GAN's gan.py at 128x128 RGB), shipped so the bench can run it.
 
-A faithful single-process copy of the report's MLP GAN (Chapter 3: generator
+The reference we measure against: a faithful single-process copy of the vanilla MLP GAN (generator
 Linear+BatchNorm1d(eps=0.8)+LeakyReLU blocks to a Tanh image, discriminator 3-layer
 MLP with Sigmoid, BCELoss, Adam 2e-4 with betas (0.5, 0.999), latent 100, batch 64,
-128x128 RGB), reading an image folder with torchvision's ImageFolder as the report did.
-Only the report's typos are fixed (loss.backward() instead of optimizer.backward()), and
+128x128 RGB), reading an image folder with torchvision's ImageFolder as the original
+recipe did. Only its typos are fixed (loss.backward() instead of optimizer.backward()), and
 the script body sits in main() so importing this module runs nothing.
 
 Extra flags, for measuring only: --data (the image folder), --max-batches stops early,
 --warmup-batches are left out of the timing, and one JSON line with images/s is printed
 at the end.
 
-    python -m gan_dist.report_loop --data DIR_WITH_ONE_SUBFOLDER_OF_IMAGES --max-batches 50
+    python -m gan_dist.bench.vanilla_loop --data DIR_WITH_ONE_SUBFOLDER_OF_IMAGES --max-batches 50
 """
 import argparse
 import json

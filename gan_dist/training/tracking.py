@@ -60,17 +60,17 @@ def init_trackers(accelerator, project_name, config, output_dir):
 
 
 def finish_run(accelerator, output_dir):
-    """End the trackers, write the report (main process), and say how to upload an offline W&B run."""
+    """End the trackers, write the run's summary page (main process), and say how to upload an offline W&B run."""
     offline = any(t.name == "wandb" and t.run.settings.mode == "offline" for t in accelerator.trackers)
     accelerator.end_training()
     if not accelerator.is_main_process:
         return
-    from gan_dist.report import write_report
+    from gan_dist.evaluation.summary import write_summary
     try:
-        png, html = write_report(output_dir)
-        print(f"report: {png} and {html}")
+        png, html = write_summary(output_dir)
+        print(f"summary: {png} and {html}")
     except Exception as e:  # the run itself is done and saved; a figure must not fail it
-        print(f"warning: could not write the report ({e!r}); try `python -m gan_dist.report {output_dir}`")
+        print(f"warning: could not write the summary ({e!r}); try `python -m gan_dist.summary {output_dir}`")
     if offline:
         print(f"W&B ran offline; upload with: wandb sync {Path(output_dir) / 'wandb'}/offline-run-*")
 

@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from gan_dist.data import DataError
+from gan_dist.training.data import DataError
 
 TRAIN_KEYS = ("loss_D", "loss_G", "D_real", "D_fake")
 

@@ -1,0 +1,337 @@
+"""Pack images into WebDataset tar shards plus a manifest.json.
+
+    python -m gan_dist.shard digits --out shards/digits --size 32
+    python -m gan_dist.shard lfw    --out shards/lfw --size 64 --channels 3 --center_crop 150
+    python -m gan_dist.shard anime  --out shards/anime --size 64 --channels 3
+    python -m gan_dist.shard lol    --out shards/lol --size 128 --channels 3 --crops_per_image 4 --seed 0
+    python -m gan_dist.shard archive --src ~/faces.zip --out shards/mine --size 128 --channels 3
+
+Every image is converted to `--channels` (1 = greyscale, 3 = RGB), optionally cropped
+(`--center_crop`, or seeded random crops), resized to `--size` x `--size` and stored as
+lossless PNG under the key `png` (or `--format jpg` / `npy`; label, when the source has
+one, under `cls`). Downloads are cached and checked (gan_dist.download). Shards are
+written under a temporary name and renamed when complete; manifest.json is written last,
+so a directory with a manifest is a finished pack. No torch here.
+"""
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+from itertools import islice
+from multiprocessing import Pool
+from multiprocessing.dummy import Pool as ThreadPool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from gan_dist.names import FORMATS, MANIFEST, SHARD_PATTERN, cores
+from gan_dist.packing.download import sha256_file
+from gan_dist.packing.sources import (  # noqa: F401
+    DEFAULTS,
+    IMAGE_SUFFIXES,
+    SOURCES,
+    Item,
+    PackError,
+    Skip,
+    SourceOptions,
+)
+
+MANIFEST_VERSION = 2
+SKIP_REASONS = ("unreadable", "duplicate", "unsafe_path", "download_failed")
+
+
+# ---- one image: load, convert, crop, resize, encode (runs in worker processes)
+
+def _open(image):
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image)
+    with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+        img.load()  # truncated files fail here, not later
+        return img.copy()
+
+
+def _random_square(img, content, crop, seed, scale):
+    # seeded by content, not by name: identical images get identical crops (and are deduplicated)
+    words = np.frombuffer(content[:16], dtype=np.uint32).tolist()
+    rng = np.random.default_rng([seed, crop, *words])
+    w, h = img.size
+    side = min(max(1, round(rng.uniform(*scale) * min(w, h))), w, h)
+    x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    return img.crop((x, y, x + side, y + side))
+
+
+def _encode(img, fmt, quality):
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, format="PNG", compress_level=6)
+    elif fmt == "jpg":
+        img.save(buf, format="JPEG", quality=quality)
+    else:
+        np.save(buf, np.asarray(img), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_image(job):
+    """Return (content hash, encoded bytes) for one image job, or None if it cannot be read.
+
+    job = (image, crop, size, channels, fmt, quality, center_crop, seed, crop_scale); `crop` is
+    None for the whole image or the index of a random square crop.
+    """
+    image, crop, size, channels, fmt, quality, center_crop, seed, crop_scale = job
+    try:
+        img = _open(image).convert("L" if channels == 1 else "RGB")
+        h = hashlib.sha256(f"{img.size}".encode())
+        h.update(img.tobytes())
+        content = h.digest()
+        if center_crop:
+            w, h = img.size
+            side = min(center_crop, w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+        if crop is not None:
+            img = _random_square(img, content, crop, seed, crop_scale)
+            content += crop.to_bytes(4, "little")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        return content, _encode(img, fmt, quality)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+class _ShardSink:
+    """Writes samples ({"__key__", ext: bytes}) as WebDataset tar shards, each renamed into place when complete."""
+
+    def __init__(self, out_dir, shard_size):
+        self.out_dir, self.shard_size = Path(out_dir), shard_size
+        self.shards, self.writer, self.count = [], None, 0
+
+    def write(self, sample):
+        if self.writer is None:
+            name = SHARD_PATTERN.format(len(self.shards))
+            self.tmp_path = self.out_dir / f".{name}.partial"
+            self.writer = tarfile.open(self.tmp_path, "w", format=tarfile.PAX_FORMAT)
+            self.shards.append({"file": name, "count": 0})
+        key = sample["__key__"]
+        for ext, value in sample.items():
+            if ext != "__key__":
+                self._add(f"{key}.{ext}", value if isinstance(value, bytes) else str(value).encode())
+        self.shards[-1]["count"] += 1
+        if self.shards[-1]["count"] == self.shard_size:
+            self.close()
+
+    def _add(self, name, data):
+        info = tarfile.TarInfo(name)
+        # fixed metadata (mtime 0, no owner): the same input gives the same bytes
+        info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "", ""
+        self.writer.addfile(info, io.BytesIO(data))
+
+    def close(self):
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.writer = None
+        entry = self.shards[-1]
+        entry["sha256"] = sha256_file(self.tmp_path)
+        os.replace(self.tmp_path, self.out_dir / entry["file"])
+
+    def abort(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.tmp_path.unlink(missing_ok=True)
+
+
+def _batches(iterable, n):
+    it = iter(iterable)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, workers=1, *, fmt="png", quality=95,
+         center_crop=None, crops_per_image=None, crop_scale=(0.5, 1.0), seed=0, dedup=None, sha256=None,
+         cache_dir=None, version=None, retries=5, progress=False):
+    """Pack `source` into WebDataset shards under `out_dir` and write its manifest.
+
+    Args:
+        source: a key of SOURCES ("digits", "lfw-subset", "folder", "archive", "lfw", "anime", "lol").
+        out_dir: destination directory; created if missing. An earlier pack there is replaced.
+        src: input folder, archive or URL (replaces a downloading source's mirrors).
+        size: output images are size x size.
+        channels: 1 (greyscale) or 3 (RGB).
+        shard_size: images per tar shard.
+        workers: processes decoding and encoding images.
+        fmt: "png" (lossless), "jpg" (at `quality`) or "npy" (raw uint8).
+        center_crop: crop the central N x N (at most the image) before resizing.
+        crops_per_image: random square crops per image (side `crop_scale` of the shorter side);
+            0 keeps the whole image. Default: 4 for "lol", else 0.
+        seed: seed of the random crops.
+        dedup: drop images whose pixels repeat an earlier one. Default: on for "anime" and "lol".
+        sha256: expected digest of the download (replaces the published one; "none" skips the check).
+        cache_dir: download cache; default $XDG_CACHE_HOME/gan-dist.
+        version: Data Dragon version for "lol" ("latest" or e.g. "16.1.1").
+        retries: download attempts per mirror.
+        progress: show progress bars.
+
+    Returns:
+        The manifest as a dict.
+    """
+    if source not in SOURCES:
+        raise PackError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    defaults = DEFAULTS.get(source, {})
+    crops_per_image = defaults.get("crops_per_image", 0) if crops_per_image is None else crops_per_image
+    dedup = defaults.get("dedup", False) if dedup is None else dedup
+    if (size < 1 or channels not in (1, 3) or shard_size < 1 or workers < 1 or fmt not in FORMATS
+            or not 1 <= quality <= 100 or (center_crop or 0) < 0 or crops_per_image < 0
+            or not 0 < crop_scale[0] <= crop_scale[1] <= 1 or retries < 1):
+        raise PackError(f"bad options: --size {size} (>=1), --channels {channels} (1 or 3), "
+                        f"--shard_size {shard_size} (>=1), --workers {workers} (>=1), --format {fmt} "
+                        f"({'/'.join(FORMATS)}), --quality {quality} (1-100), --center_crop {center_crop} (>=0), "
+                        f"--crops_per_image {crops_per_image} (>=0), --crop_scale {crop_scale} (0 < lo <= hi <= 1), "
+                        f"--retries {retries} (>=1)")
+    opts = SourceOptions(src=None if src is None else str(src), sha256=sha256, cache_dir=cache_dir,
+                         version=version, retries=retries, progress=progress)
+    found = SOURCES[source](opts)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is not a finished pack
+    for leftover in out.glob(".*.partial"):  # from an interrupted pack
+        leftover.unlink()
+
+    sink, skipped, examples, seen = _ShardSink(out, shard_size), dict.fromkeys(SKIP_REASONS, 0), [], set()
+    stats = {"source_images": 0}
+    crops = list(range(crops_per_image)) if crops_per_image else [None]
+
+    def skip(name, reason):
+        skipped[reason] = skipped.get(reason, 0) + 1
+        if len(examples) < 20:
+            examples.append(name)
+
+    def jobs(entries):
+        work = []
+        for entry in entries:
+            if isinstance(entry, Skip):
+                skip(entry.name, entry.reason)
+                continue
+            stats["source_images"] += 1
+            for c in crops:
+                name = entry.name if c is None else f"{entry.name}#crop{c}"
+                work.append((name, entry.label, (entry.image, c, size, channels, fmt, quality, center_crop or None,
+                                                 seed, tuple(crop_scale))))
+        return work
+
+    def drain(work, result):
+        for (name, label, _), res in zip(work, result.get()):
+            if res is None:
+                skip(name, "unreadable")
+            elif dedup and res[0] in seen:
+                skip(name, "duplicate")
+            else:
+                if dedup:
+                    seen.add(res[0])
+                sample = {"__key__": f"{sink.count:08d}", fmt: res[1]}
+                if label is not None:
+                    sample["cls"] = label
+                sink.write(sample)
+                sink.count += 1
+                bar.update()
+
+    has_labels, chunk = None, 256 * workers
+    try:
+        with Pool(workers) if workers > 1 else ThreadPool(1) as pool, \
+                tqdm(desc="packing", unit="img", disable=not progress, leave=False) as bar:
+            pending = None
+            for entries in _batches(found.items, chunk):
+                if has_labels is None:
+                    has_labels = next((e.label is not None for e in entries if isinstance(e, Item)), None)
+                work = jobs(entries)
+                # encode this chunk while the previous one is written
+                result = pool.map_async(encode_image, [j for _, _, j in work],
+                                        chunksize=max(1, len(work) // (4 * workers)))
+                if pending:
+                    drain(*pending)
+                pending = (work, result)
+            if pending:
+                drain(*pending)
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    inputs = sink.count + sum(skipped.values())
+    if inputs == 0:
+        raise PackError(f"no images found for source {source!r}" + (f" under {src}" if src else "")
+                        + f"; supported suffixes: {' '.join(sorted(IMAGE_SUFFIXES))}")
+    if sink.count == 0:
+        raise PackError(f"none of the {inputs} inputs could be read as an image ({_reasons(skipped)})")
+
+    keep = {s["file"] for s in sink.shards}
+    for stale in out.glob("train-*.tar"):  # shards of an earlier, larger pack
+        if stale.name not in keep:
+            stale.unlink()
+    manifest = {
+        "version": MANIFEST_VERSION, "source": source, "src": str(src) if src else None,
+        "count": sink.count, "size": size, "channels": channels, "image_format": fmt,
+        "has_labels": bool(has_labels), "inputs": inputs, "source_images": stats["source_images"],
+        "skipped": skipped, "skipped_examples": examples,
+        "options": {"size": size, "channels": channels, "format": fmt, "quality": quality if fmt == "jpg" else None,
+                    "center_crop": center_crop or None, "crops_per_image": crops_per_image,
+                    "crop_scale": list(crop_scale) if crops_per_image else None, "seed": seed, "dedup": dedup,
+                    "shard_size": shard_size, "sha256": sha256, "version": version},
+        **found.info,
+        "shards": sink.shards,
+    }
+    tmp = out / f".{MANIFEST}.partial"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+def _reasons(skipped):
+    return ", ".join(f"{n} {reason}" for reason, n in skipped.items() if n) or "none skipped"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m gan_dist.shard", description=__doc__.split("\n")[0])
+    p.add_argument("source", choices=sorted(SOURCES), help="where the images come from")
+    p.add_argument("--out", required=True, help="output directory for *.tar and manifest.json")
+    p.add_argument("--src", default=None,
+                   help="input folder, .tgz/.tar/.zip or URL; for lfw/anime/lol it replaces the default "
+                        "mirrors (lol: a Data Dragon base URL or a local copy of its layout)")
+    p.add_argument("--sha256", default=None, help="expected sha256 of the download ('none': do not check)")
+    p.add_argument("--cache_dir", default=None, help="download cache (default $XDG_CACHE_HOME/gan-dist)")
+    p.add_argument("--size", type=int, default=32, help="output width and height in pixels")
+    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 greyscale, 3 RGB")
+    p.add_argument("--center_crop", type=int, default=None, help="crop the central N x N before resizing")
+    p.add_argument("--crops_per_image", type=int, default=None,
+                   help="random square crops per image (default 4 for lol, else 0 = whole image)")
+    p.add_argument("--crop_scale", type=float, nargs=2, default=(0.5, 1.0), metavar=("LO", "HI"),
+                   help="random crop side as a fraction of the shorter side")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random crops")
+    p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop repeated images (default on for anime and lol)")
+    p.add_argument("--version", default=None, help="Data Dragon version for lol ('latest' or e.g. 16.1.1)")
+    p.add_argument("--format", dest="fmt", default="png", choices=sorted(FORMATS), help="storage format")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality for --format jpg")
+    p.add_argument("--shard_size", type=int, default=1000, help="images per shard")
+    p.add_argument("--workers", type=int, default=cores(), help="encoding processes (default: every core)")
+    p.add_argument("--retries", type=int, default=5, help="download attempts per mirror")
+    args = vars(p.parse_args(argv))
+    source, out = args.pop("source"), args.pop("out")
+    try:
+        m = pack(source, out, progress=sys.stderr.isatty(), **args)
+    except PackError as e:
+        sys.exit(f"error: {e}")
+    print(f"packed {m['count']} images ({m['size']}x{m['size']}x{m['channels']} {m['image_format']}) into "
+          f"{len(m['shards'])} shards in {out}; skipped: {_reasons(m['skipped'])}")
+    if m.get("expected_count") and m["count"] != m["expected_count"]:
+        print(f"note: expected {m['expected_count']} images from this source, got {m['count']}")
+    if m.get("notice"):
+        print(m["notice"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -40,3 +42,75 @@ def test_d_returns_unbounded_logits():
 def test_bad_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GANConfig(**kwargs)
+
+
+def resnet_param_count(latent, channels, widths, blocks, group, expansion=2):
+    """Counted from the design: block = 1x1 expand + bias, grouped 3x3 + bias, 1x1 project; 1x1 convs
+    between stages of different widths; G: 4x4 basis + z map + to-image; D: from-image + depthwise 4x4 + linear."""
+    def block(w):
+        e = w * expansion
+        return w * e + e + e * group * 9 + e + e * w
+    stages = sum(blocks * block(w) for w in widths)
+    transitions = sum(a * b for a, b in zip(widths, widths[1:]) if a != b)
+    G = widths[0] * 16 + latent * widths[0] + stages + transitions + widths[-1] * channels
+    D = channels * widths[-1] + stages + transitions + widths[0] * 16 + widths[0] + 1
+    return G, D
+
+
+@pytest.mark.parametrize("size,channels,kwargs,widths", [
+    (32, 1, {"widths": (64, 64, 32, 16), "group_size": 8}, (64, 64, 32, 16)),
+    (32, 3, {"width": 32, "blocks": 2}, (32, 32, 32, 32)),
+    (64, 3, {"width": 64}, (64, 64, 64, 64, 32)),
+    (128, 1, {"width": 64}, (64, 64, 64, 64, 32, 16)),
+])
+def test_resnet_shapes_and_parameter_counts(size, channels, kwargs, widths):
+    torch.manual_seed(0)
+    cfg = GANConfig("resnet", latent_dim=16, img_size=size, channels=channels, **kwargs)
+    G, D = build_models(cfg)
+    img = G(torch.randn(2, 16))
+    assert img.shape == (2, channels, size, size)
+    assert D(img).shape == (2, 1) and torch.isfinite(D(img)).all()
+    assert (count_params(G), count_params(D)) == resnet_param_count(16, channels, widths, cfg.blocks, cfg.group_size)
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in [*G.modules(), *D.modules()])
+
+
+def test_resnet_blocks_start_as_identity_and_layers_are_variance_scaled():
+    from gan_dist.networks.resnet import ACT_GAIN, ResidualBlock
+    torch.manual_seed(0)
+    block = ResidualBlock(64, group_size=16, expansion=2, n_blocks=16)
+    x = torch.randn(4, 64, 8, 8)
+    assert torch.equal(block(x), x)  # the last conv of the branch is zero
+    assert block.project.weight.abs().max() == 0
+    # He init scaled by L^(-1/4) for L = 16 blocks: std = gain / sqrt(fan_in)
+    expected = ACT_GAIN * 16 ** -0.25 / math.sqrt(64)
+    assert block.expand.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert block.grouped.groups == 8
+
+
+def test_low_pass_resampling_keeps_flat_images_flat():
+    from gan_dist.networks.resnet import LowPass
+    flat = torch.full((1, 2, 8, 8), 3.0)
+    up, down = LowPass("up")(flat), LowPass("down")(flat)
+    assert up.shape == (1, 2, 16, 16) and down.shape == (1, 2, 4, 4)
+    assert torch.allclose(up[..., 1:-1, 1:-1], torch.tensor(3.0))  # borders see the zero padding
+    assert torch.allclose(down[..., 1:, 1:], torch.tensor(3.0))
+    ramp = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 4, 4)
+    assert torch.allclose(LowPass("up")(ramp)[0, 0, 2, :7], torch.arange(7.0) / 2)  # bilinear in between
+
+
+def test_resnet_config_round_trips_through_gan_json():
+    import json
+    cfg = GANConfig("resnet", latent_dim=16, img_size=32, channels=3, widths=(64, 64, 32, 16), group_size=8)
+    back = GANConfig(**json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.to_dict() == cfg.to_dict()
+    assert cfg.to_dict()["widths"] == [64, 64, 32, 16]
+    assert "widths" not in GANConfig("mlp").to_dict()  # other archs' gan.json unchanged
+
+
+@pytest.mark.parametrize("kwargs,match", [({"img_size": 48}, "32, 64, 128 or 256"),
+                                          ({"widths": (64, 64, 32)}, "needs 4 values"),
+                                          ({"width": 24, "group_size": 32}, "multiple of --group_size"),
+                                          ({"blocks": 0}, ">= 1")])
+def test_bad_resnet_config_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GANConfig(**{"arch": "resnet", "img_size": 32, **kwargs})

@@ -1,4 +1,5 @@
-"""Generators and discriminators: the vanilla MLP pair (PyTorch-GAN's gan.py) and a DCGAN pair.
+"""Generators and discriminators: the vanilla MLP pair (PyTorch-GAN's gan.py), a DCGAN pair and an
+R3GAN-style residual pair (networks/resnet.py).
 
 Discriminators return logits (no Sigmoid), so the loss can use BCE-with-logits and
 run under autocast; D(x) as a probability is `torch.sigmoid(logit)`.
@@ -8,7 +9,10 @@ from dataclasses import asdict, dataclass
 
 import torch.nn as nn
 
-ARCHS = ("mlp", "dcgan")
+from gan_dist.networks.resnet import ResNetDiscriminator, ResNetGenerator, stage_widths
+
+ARCHS = ("mlp", "dcgan", "resnet")
+RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion")  # recorded only for --arch resnet
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,11 @@ class GANConfig:
     img_size: int = 128
     channels: int = 3
     base_width: int = 64  # DCGAN only: channels of the widest G / narrowest D layer
+    width: int = 64  # resnet only: channels per stage up to 32x32 (halved per doubling above)
+    widths: tuple = ()  # resnet only: channels per stage from 4x4 up, overriding `width`
+    blocks: int = 1  # resnet only: residual blocks per stage
+    group_size: int = 16  # resnet only: channels per group of the grouped 3x3 convs
+    expansion: int = 2  # resnet only: a block's inner width / its width
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -27,9 +36,29 @@ class GANConfig:
         if self.arch == "dcgan" and (self.img_size not in (32, 64, 128)):
             raise ValueError(f"--arch dcgan needs --img_size 32, 64 or 128, got {self.img_size}; "
                              "use --arch mlp for other sizes")
+        object.__setattr__(self, "widths", tuple(self.widths))  # a list when read back from gan.json
+        if self.arch == "resnet":
+            if self.img_size not in (32, 64, 128, 256):
+                raise ValueError(f"--arch resnet needs --img_size 32, 64, 128 or 256, got {self.img_size}")
+            n_stages = int(math.log2(self.img_size)) - 1
+            if self.widths and len(self.widths) != n_stages:
+                raise ValueError(f"--widths needs {n_stages} values at --img_size {self.img_size} (4x4 up to "
+                                 f"{self.img_size}x{self.img_size}), got {len(self.widths)}")
+            if min(self.width, self.blocks, self.group_size, self.expansion, *self.widths) < 1:
+                raise ValueError("--width, --widths, --blocks, --group_size and --expansion must be >= 1")
+            for w in set(stage_widths(self)):
+                if w < 1 or (w * self.expansion) % self.group_size:
+                    raise ValueError(f"--arch resnet: a stage of width {w} expands to {w * self.expansion} "
+                                     f"channels, not a multiple of --group_size {self.group_size}; "
+                                     "pick a --width or --group_size that divides")
 
     def to_dict(self):
-        return asdict(self)
+        d = asdict(self)
+        d["widths"] = list(self.widths)  # as JSON reads it back, so a resumed config compares equal
+        if self.arch != "resnet":  # the other archs' gan.json stays as it was (old checkpoints still resume)
+            for name in RESNET_FIELDS:
+                del d[name]
+        return d
 
 
 class MLPGenerator(nn.Module):
@@ -122,6 +151,8 @@ def build_models(cfg: GANConfig):
     """Return (G, D) for `cfg.arch`, freshly initialised."""
     if cfg.arch == "mlp":
         return MLPGenerator(cfg), MLPDiscriminator(cfg)
+    if cfg.arch == "resnet":
+        return ResNetGenerator(cfg), ResNetDiscriminator(cfg)  # initialised by their own layers
     G, D = DCGANGenerator(cfg), DCGANDiscriminator(cfg)
     dcgan_init_(G)
     dcgan_init_(D)

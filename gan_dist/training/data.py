@@ -339,3 +339,11 @@ def to_device_float(batch, device):
 def first_batch(urls, n, seed):
     """n images drawn from the shards with `seed`, read in this process (for a grid of reals)."""
     return next(epoch_batches(urls, n, 1, seed, epoch=0, num_workers=0))[0]
+
+
+def mirror(batch, seed, step, rank):
+    """Flip about half of `batch` (B, C, H, W) horizontally, chosen from (seed, step, rank) alone, so a
+    resumed run flips the same images as an uninterrupted one."""
+    gen = torch.Generator().manual_seed(wds.utils.make_seed(seed, step, rank, 0x6D6972))
+    flip = (torch.rand(batch.size(0), generator=gen) < 0.5).to(batch.device)[:, None, None, None]
+    return torch.where(flip, batch.flip(3), batch)

@@ -1,21 +1,80 @@
-"""Command-line options of `python -m gan_dist.train`, checked before any work starts."""
+"""Command-line options of `python -m gan_dist.train`, checked before any work starts.
+
+A preset fills the recipe's options that the command line leaves out: `vanilla` is the
+vanilla recipe (PyTorch-GAN's gan.py MLP, BCE, Adam 2e-4 (0.5, 0.999)), `modern` an R3GAN-style
+one (residual nets, relativistic loss with R1 + R2, Adam (0, 0.99), cosine decay, G_ema with
+a ramp-up). Those options default to None here, so an explicit flag always wins.
+"""
 import argparse
 import os
 
 from gan_dist.networks.augment import parse_policy
+from gan_dist.networks.losses import LOSSES
 from gan_dist.networks.models import ARCHS, GANConfig
 from gan_dist.training.ddp import COMM_HOOKS
+
+# R3GAN's gamma per resolution: CIFAR-10 at 32, FFHQ at 64 and 256; 128 geometrically between
+GAMMA_FOR_RES = {32: 0.05, 64: 2.0, 128: 17.0, 256: 150.0}
+PRESETS = {
+    "vanilla": {"arch": "mlp", "loss": "bce", "r1_gamma": 0.0, "r2_gamma": 0.0, "lr": 0.0002, "b1": 0.5,
+                "b2": 0.999, "ema_kimg": 10.0, "ema_rampup": 0.0, "schedule": "constant"},
+    "modern": {"arch": "resnet", "loss": "rpgan", "r1_gamma": "for --img_size", "r2_gamma": "for --img_size",
+               "lr": 0.0002, "b1": 0.0, "b2": 0.99, "ema_kimg": 5.0, "ema_rampup": 0.05, "schedule": "cosine"},
+}
+
+
+def preset_help(name, text=""):
+    values = ", ".join(f"{preset} {table[name]}" for preset, table in PRESETS.items())
+    return f"{text} (default from --preset: {values})".strip()
+
+
+def parse_betas(text):
+    try:
+        b1, b2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B1,B2 (e.g. 0,0.99), got {text!r}")
+    return [b1, b2]
+
+
+def parse_widths(text):
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated channel counts (e.g. 64,64,32,16), got {text!r}")
+
+
+def resolve_preset(args):
+    """Fill the options left at None from the preset, then the per-network ones from the shared ones."""
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            if name in ("r1_gamma", "r2_gamma") and isinstance(value, str):
+                value = GAMMA_FOR_RES.get(args.img_size, 0.0002 * args.img_size ** 2 / args.batch_size)
+            setattr(args, name, value)
+    args.lr_g = args.lr if args.lr_g is None else args.lr_g
+    args.lr_d = args.lr if args.lr_d is None else args.lr_d
+    args.betas_g = [args.b1, args.b2] if args.betas_g is None else args.betas_g
+    args.betas_d = [args.b1, args.b2] if args.betas_d is None else args.betas_d
+    return args
+
+
+def gan_config(args):
+    """The networks' configuration (GANConfig) these options ask for."""
+    return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
+                     widths=tuple(args.widths or ()), blocks=args.blocks, group_size=args.group_size,
+                     expansion=args.expansion)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="gan_dist.train",
                                 description="Train a GAN on WebDataset shards with Accelerate.")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="vanilla",
+                   help="the recipe for the options marked 'default from --preset' (explicit flags win)")
     # the vanilla recipe's hyper-parameters (PyTorch-GAN's gan.py), names and defaults
     p.add_argument("--n_epochs", type=int, default=50, help="passes over the dataset at the global batch")
     p.add_argument("--batch_size", type=int, default=64, help="images per process per step")
-    p.add_argument("--lr", type=float, default=0.0002, help="Adam learning rate (G and D)")
-    p.add_argument("--b1", type=float, default=0.5, help="Adam beta1")
-    p.add_argument("--b2", type=float, default=0.999, help="Adam beta2")
+    p.add_argument("--lr", type=float, default=None, help=preset_help("lr", "Adam learning rate (G and D)"))
+    p.add_argument("--b1", type=float, default=None, help=preset_help("b1", "Adam beta1"))
+    p.add_argument("--b2", type=float, default=None, help=preset_help("b2", "Adam beta2"))
     p.add_argument("--n_cpu", type=int, default=2, help="data loader worker processes per process")
     p.add_argument("--cache_gb", type=float, default=4.0,
                    help="hold the decoded dataset in each process's RAM when it is at most this many GiB "
@@ -32,15 +91,48 @@ def parse_args(argv=None):
     p.add_argument("--shard_url", default=None,
                    help="shards elsewhere (object storage, HTTP): a URL with {file} for each shard name, e.g. "
                         "'pipe:aws s3 cp s3://bucket/lfw/{file} -'; --data then only needs manifest.json")
-    p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: the vanilla MLP pair; dcgan: conv nets")
+    p.add_argument("--arch", choices=ARCHS, default=None,
+                   help=preset_help("arch", "mlp: the vanilla MLP pair; dcgan: conv nets; resnet: R3GAN-style"))
+    # the recipe: networks, loss, penalties, optimizers and schedules
+    p.add_argument("--width", type=int, default=64, help="resnet: channels per stage up to 32x32, halved above")
+    p.add_argument("--widths", type=parse_widths, default=None,
+                   help="resnet: channels per stage from 4x4 up to --img_size, e.g. 64,64,32,16 at 32 px")
+    p.add_argument("--blocks", type=int, default=1, help="resnet: residual blocks per stage")
+    p.add_argument("--group_size", type=int, default=16, help="resnet: channels per group in the grouped 3x3 convs")
+    p.add_argument("--expansion", type=int, default=2, help="resnet: inner width of a block / its width")
+    p.add_argument("--loss", choices=LOSSES, default=None,
+                   help=preset_help("loss", "bce: the vanilla BCE; hinge; rpgan: relativistic pairing"))
+    p.add_argument("--r1_gamma", type=float, default=None,
+                   help=preset_help("r1_gamma", "weight of the R1 penalty on reals (D loss + gamma/2 R1); 0 = off; "
+                                                "modern uses " + ", ".join(f"{g:g} at {r}" for r, g in
+                                                                           GAMMA_FOR_RES.items())))
+    p.add_argument("--r2_gamma", type=float, default=None,
+                   help=preset_help("r2_gamma", "weight of the R2 penalty on fakes; 0 = off"))
+    p.add_argument("--reg_every", type=int, default=1,
+                   help="lazy regularisation: penalise every N steps with gamma x N (1 = every step)")
+    p.add_argument("--lr_g", type=float, default=None, help="G's learning rate (default --lr)")
+    p.add_argument("--lr_d", type=float, default=None, help="D's learning rate (default --lr)")
+    p.add_argument("--betas_g", type=parse_betas, default=None, help="G's Adam betas B1,B2 (default --b1,--b2)")
+    p.add_argument("--betas_d", type=parse_betas, default=None, help="D's Adam betas B1,B2 (default --b1,--b2)")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default=None,
+                   help=preset_help("schedule", "cosine: learning rates and gammas decay over the run "
+                                                "(to --lr_end_ratio and --gamma_end_ratio of their start)"))
+    p.add_argument("--lr_end_ratio", type=float, default=0.25, help="final / initial learning rate with cosine")
+    p.add_argument("--gamma_end_ratio", type=float, default=0.1, help="final / initial gamma with cosine")
+    p.add_argument("--mirror", action="store_true",
+                   help="flip half of the real images horizontally (seeded by step and rank: resumes exactly); "
+                        "not for data whose mirror image is another thing, such as digits")
     p.add_argument("--output_dir", default="runs/gan")
     p.add_argument("--max_train_steps", type=int, default=None, help="overrides --n_epochs when set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_samples", type=int, default=25, help="images in each fixed-noise grid (5x5)")
     # EMA, augmentation, evaluation
-    p.add_argument("--ema_kimg", type=float, default=10.0,
-                   help="half-life of G's moving average (G_ema, used for samples and metrics) in thousands "
-                        "of images; 0 turns it off")
+    p.add_argument("--ema_kimg", type=float, default=None,
+                   help=preset_help("ema_kimg", "half-life of G's moving average (G_ema, used for samples and "
+                                                "metrics) in thousands of images; 0 turns it off"))
+    p.add_argument("--ema_rampup", type=float, default=None,
+                   help=preset_help("ema_rampup", "cap the half-life at this fraction of the images seen so far "
+                                                  "(early weights are forgotten quickly); 0 = off"))
     p.add_argument("--diffaug", default="", help="DiffAugment for real and fake images in both phases, "
                                                  "e.g. color,translation,cutout (for small datasets)")
     p.add_argument("--eval_steps", type=int, default=0, help="steps between FID/KID evaluations; 0 = never")
@@ -69,15 +161,24 @@ def parse_args(argv=None):
     p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-STEP directory or 'latest'")
     p.add_argument("--max_skip_fraction", type=float, default=0.01,
                    help="stop when more than this fraction of samples read could not be decoded")
-    args = p.parse_args(argv)
+    args = resolve_preset(p.parse_args(argv))
     for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples",
-                 "fid_samples", "colour_samples"):
+                 "fid_samples", "colour_samples", "reg_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name in ("lr_g", "lr_d"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name} (or --lr) must be > 0, got {getattr(args, name)}")
+    for name in ("r1_gamma", "r2_gamma", "ema_kimg", "ema_rampup", "lr_end_ratio", "gamma_end_ratio"):
+        if not getattr(args, name) >= 0:
+            p.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    for name in ("betas_g", "betas_d"):
+        if not all(0 <= b < 1 for b in getattr(args, name)):
+            p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     try:
-        GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
+        gan_config(args)
         parse_policy(args.diffaug)
     except ValueError as e:
         p.error(str(e))

@@ -1,0 +1,138 @@
+"""R3GAN-style residual generator and discriminator (Huang et al., "The GAN is dead; long live the GAN!", 2024).
+
+No normalisation layers. Each stage holds residual blocks of the form
+    x + 1x1 conv (project) <- act <- grouped 3x3 conv <- act <- 1x1 conv (expand) <- x
+whose last conv starts at zero, so every block is the identity at initialisation and the
+others are variance-scaled by the number of blocks (fix-up style). Resolution changes use a
+[1, 2, 1] low-pass filter (bilinear up in G, blurred stride-2 down in D), with a 1x1 conv
+when the width changes. G starts from a learned 4x4 basis scaled per channel by a linear map
+of z; D ends with a 4x4 depthwise conv and a linear layer to one logit.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LEAK = 0.2
+ACT_GAIN = math.sqrt(2 / (1 + LEAK ** 2))  # keeps the variance through a leaky ReLU
+LAYERS_PER_BLOCK = 3
+
+
+def msr_init_(layer, gain=1.0):
+    """He/MSR init: weights N(0, gain^2 / fan_in), bias zero; gain 0 zeroes the layer."""
+    fan_in = layer.weight[0].numel()  # in_channels / groups * kernel area
+    nn.init.normal_(layer.weight, 0.0, gain / math.sqrt(fan_in)) if gain else nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def conv(n_in, n_out, kernel=1, groups=1, gain=1.0):
+    return msr_init_(nn.Conv2d(n_in, n_out, kernel, padding=kernel // 2, groups=groups, bias=False), gain)
+
+
+class BiasedLeakyReLU(nn.Module):
+    """leaky_relu(x + b) with a learned bias per channel (the convs have none)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return F.leaky_relu(x + self.bias.view(1, -1, 1, 1).to(x.dtype), LEAK)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width, group_size, expansion, n_blocks):
+        super().__init__()
+        expanded = width * expansion
+        if expanded % group_size:
+            raise ValueError(f"the expanded width {expanded} is not a multiple of the group size {group_size}")
+        # fix-up scaling: the sum of n_blocks residual branches keeps a bounded variance
+        gain = ACT_GAIN * n_blocks ** (-1 / (2 * LAYERS_PER_BLOCK - 2))
+        self.expand = conv(width, expanded, 1, gain=gain)
+        self.act1 = BiasedLeakyReLU(expanded)
+        self.grouped = conv(expanded, expanded, 3, groups=expanded // group_size, gain=gain)
+        self.act2 = BiasedLeakyReLU(expanded)
+        self.project = conv(expanded, width, 1, gain=0)
+
+    def forward(self, x):  # (B, w, s, s) -> (B, w, s, s)
+        return x + self.project(self.act2(self.grouped(self.act1(self.expand(x)))))
+
+
+class LowPass(nn.Module):
+    """Resample by 2 with the separable [1, 2, 1] filter: 'up' = bilinear interpolation, 'down' = blur + stride 2."""
+
+    def __init__(self, direction):
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = torch.outer(taps, taps)
+        # up: zero-insertion then [1,2,1]/2 per axis (x4 in 2-D); down: a normalised blur
+        self.register_buffer("kernel", kernel / (4 if direction == "up" else 16), persistent=False)
+        self.up = direction == "up"
+
+    def forward(self, x):
+        weight = self.kernel.to(x.dtype).expand(x.size(1), 1, 3, 3)
+        if self.up:  # (B, c, s, s) -> (B, c, 2s, 2s)
+            return F.conv_transpose2d(x, weight, stride=2, padding=1, output_padding=1, groups=x.size(1))
+        return F.conv2d(x, weight, stride=2, padding=1, groups=x.size(1))  # (B, c, s, s) -> (B, c, s/2, s/2)
+
+
+class Transition(nn.Sequential):
+    """Width change (1x1 conv, when needed) and resolution change, in the order that costs less."""
+
+    def __init__(self, n_in, n_out, direction):
+        layers = [LowPass(direction)]
+        if n_in != n_out:
+            # convolve at the lower resolution: before going up, after coming down
+            layers.insert(0 if direction == "up" else 1, conv(n_in, n_out, 1))
+        super().__init__(*layers)
+
+
+def stage_widths(cfg):
+    """Channels per stage, from 4x4 up to img_size: cfg.widths when given, else cfg.width up to 32x32,
+    halved per doubling above (at least cfg.width / 8), as image GANs spend fewer channels at high resolution."""
+    if cfg.widths:
+        return list(cfg.widths)
+    n_stages = int(math.log2(cfg.img_size)) - 1
+    return [max(cfg.width // max(1, 2 ** (i + 2) // 32), cfg.width // 8, 1) for i in range(n_stages)]
+
+
+class ResNetGenerator(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        widths, n_blocks = stage_widths(cfg), cfg.blocks * len(stage_widths(cfg))
+        self.basis = nn.Parameter(torch.randn(widths[0], 4, 4))  # a learned 4x4 image per channel
+        self.modulation = msr_init_(nn.Linear(cfg.latent_dim, widths[0], bias=False))
+        stages = []
+        for i, w in enumerate(widths):
+            blocks = [ResidualBlock(w, cfg.group_size, cfg.expansion, n_blocks) for _ in range(cfg.blocks)]
+            stages.append(nn.Sequential(*([Transition(widths[i - 1], w, "up")] if i else []), *blocks))
+        self.stages = nn.Sequential(*stages)
+        self.to_image = conv(widths[-1], cfg.channels, 1)
+
+    def forward(self, z):  # (B, latent) -> (B, C, H, W), unbounded (no tanh, as in R3GAN)
+        x = self.basis[None] * self.modulation(z)[:, :, None, None]  # (B, w0, 4, 4)
+        return self.to_image(self.stages(x))  # each stage doubles: ... -> (B, w_last, H, W)
+
+
+class ResNetDiscriminator(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        widths = stage_widths(cfg)[::-1]  # img_size down to 4x4
+        n_blocks = cfg.blocks * len(widths)
+        self.from_image = conv(cfg.channels, widths[0], 1)
+        stages = []
+        for i, w in enumerate(widths):
+            blocks = [ResidualBlock(w, cfg.group_size, cfg.expansion, n_blocks) for _ in range(cfg.blocks)]
+            stages.append(nn.Sequential(*blocks, *([Transition(w, widths[i + 1], "down")]
+                                                  if i + 1 < len(widths) else [])))
+        self.stages = nn.Sequential(*stages)
+        self.basis = conv(widths[-1], widths[-1], 4, groups=widths[-1])  # depthwise 4x4 -> 1x1
+        self.basis.padding = (0, 0)
+        self.to_logit = msr_init_(nn.Linear(widths[-1], 1))
+
+    def forward(self, img):  # (B, C, H, W) -> (B, 1) logits
+        x = self.stages(self.from_image(img))  # (B, w_last, 4, 4)
+        return self.to_logit(self.basis(x).flatten(1))

@@ -37,6 +37,14 @@ def digits16(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def digits32(tmp_path_factory):
+    """The embedded digits packed at 32x32 greyscale (the smallest size --arch resnet takes), 4 shards."""
+    out = tmp_path_factory.mktemp("digits32")
+    pack("digits", out, size=32, channels=1, shard_size=500, workers=1)
+    return out
+
+
 def run_module(module, *args, env=None, timeout=300, cwd=None):
     """Run `python -m module args` in a fresh process; returns CompletedProcess (text)."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}

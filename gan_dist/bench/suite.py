@@ -5,6 +5,7 @@
     python -m gan_dist.bench step --img_size 128              # trainer vs the vanilla loop vs a bare loop
     python -m gan_dist.bench step --data shards/lfw           # on shards of your own
     python -m gan_dist.bench gpu --out $OUT/bench_gpu.json    # one CUDA GPU (launch/gpu_bench.sh)
+    python -m gan_dist.bench quality --kimg 200               # mode coverage of the recipes (bench/quality.py)
 
 Every figure is a ratio of two cases measured in the same run on the same machine. Without
 --data or --src the bench writes its own source images (random 250x250 crops of
@@ -241,8 +242,9 @@ def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, van
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m gan_dist.bench", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("data", "step", "all", "gpu"),
-                   help="data: loaders; step: training steps on the CPU; all: both; gpu: step cases on one CUDA GPU")
+    p.add_argument("what", choices=("data", "step", "all", "gpu", "quality"),
+                   help="data: loaders; step: training steps on the CPU; all: both; gpu: step cases on one CUDA GPU; "
+                        "quality: mode coverage of the recipes on stacked digits (`quality --help`)")
     p.add_argument("--data", default=None, help="run on these shards (their size) instead of the bench's own images")
     p.add_argument("--src", default=None,
                    help="source images to pack at --sizes: a folder with one or more subfolders of images "
@@ -281,6 +283,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["quality"]:  # mode coverage of the recipes, with its own options
+        from gan_dist.bench.quality import main as quality_main
+        return quality_main(argv[1:])
     args = parse_args(argv)
     if args.what == "gpu" and not torch.cuda.is_available():
         sys.exit("error: `gan_dist.bench gpu` needs a CUDA device and torch.cuda.is_available() is False here; "

@@ -87,6 +87,29 @@ def read_digits(opts):
                   {})
 
 
+STACKED_COUNT = 30_000  # images in the stacked set: more than the 26,000 samples the benchmark judges
+
+
+def stacked_digit_indices(count=STACKED_COUNT, seed=0):
+    """(count, 3) indices into the digits: each row is one image's R, G and B digit, drawn at random."""
+    from sklearn.datasets import load_digits
+    n = len(load_digits().target)
+    return np.random.default_rng(seed).integers(0, n, size=(count, 3))
+
+
+def read_stacked_digits(opts):
+    """Stacked digits: three of scikit-learn's digits as the R, G and B channels (8x8), so 1,000 modes;
+    the label is 100 R + 10 G + B. 30,000 images, the same ones for every pack (seed 0)."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    rows = stacked_digit_indices()
+    items = (Item(f"stacked{i}", np.ascontiguousarray(images[row].transpose(1, 2, 0)),
+                  int(digits.target[row] @ np.array([100, 10, 1])))
+             for i, row in enumerate(rows))
+    return Source(items, {"expected_count": len(rows), "modes": 1000})
+
+
 def read_lfw_subset(opts):
     """scikit-image's LFW subset: the 100 face crops (25x25 grey); its 100 non-faces are left out."""
     from skimage.data import lfw_subset
@@ -277,7 +300,7 @@ def read_lol(opts):
     return Source(items, info)
 
 
-SOURCES = {"digits": read_digits, "lfw-subset": read_lfw_subset, "folder": read_folder, "archive": read_archive,
+SOURCES = {"digits": read_digits, "stacked-digits": read_stacked_digits, "lfw-subset": read_lfw_subset, "folder": read_folder, "archive": read_archive,
            "lfw": read_lfw, "anime": read_anime, "lol": read_lol}
 # per-source defaults for options left unset
 DEFAULTS = {"anime": {"dedup": True}, "lol": {"dedup": True, "crops_per_image": 4}}

@@ -1,0 +1,241 @@
+"""Mode coverage on stacked digits: the vanilla MLP, DCGAN and the modern recipe, trained for the same images.
+
+    python -m gan_dist.bench quality --out bench_results/quality.json --kimg 200    # `make bench-quality`
+    python -m gan_dist.bench quality --recipes modern --kimg 50 --work runs/q         # one recipe, runs kept
+
+Stacked digits (`gan_dist.shard stacked-digits`) put three of scikit-learn's digits into the
+R, G and B channels at 32x32: 1,000 modes. Each recipe is trained through the public CLI
+(torchrun, --nproc CPU processes), sampled from its last checkpoint with gan_dist.sample
+(G_ema), and judged as in VEEGAN / PacGAN / R3GAN: a digit classifier (an SVM fit on real
+digits, its held-out accuracy reported) reads each channel of 26,000 samples; the report
+gives the modes that got at least one sample and KL(mode histogram || uniform). The same
+judge on 26,000 real stacked images gives the floor a perfect generator would reach with
+this many samples. The `digits` case trains the modern recipe on the ten plain digits and
+reports the share of G_ema samples the classifier reads with probability >= 0.9.
+Results go to --out (JSON, written after each case), a Markdown table and one PNG of the
+recipes' sample grids side by side (--picture).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from gan_dist.bench.suite import machine_info
+from gan_dist.evaluation.sample import generate, latents, load_generator, resolve_checkpoint
+from gan_dist.training.checkpoint import read_meta
+from gan_dist.training.data import load_into_memory, load_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = {  # the flags each recipe adds to the common ones
+    "vanilla": ["--preset", "vanilla"],
+    "dcgan": ["--preset", "vanilla", "--arch", "dcgan"],
+    "modern": ["--preset", "modern"],
+}
+CONFIDENT = 0.9
+
+
+# ---- the judge
+
+def channel_features(images):
+    """Float (N, C, 32, 32) in [-1, 1] -> (N * C, 64): each channel averaged back to the digits' 8x8 grid."""
+    x = images.float().clamp(-1, 1).flatten(0, 1)[:, None]  # (N * C, 1, 32, 32)
+    return F.adaptive_avg_pool2d(x, 8).flatten(1).numpy()
+
+
+def fit_judge(seed=0):
+    """An SVM on real digits taken through the packer's path (8x8 -> 32x32 bicubic -> 8x8);
+    returns (classifier, held-out accuracy, held-out count)."""
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+    digits = load_digits()
+    up = np.stack([np.asarray(Image.fromarray(img).resize((32, 32), Image.Resampling.BICUBIC))
+                   for img in np.round(digits.images * (255 / 16)).astype(np.uint8)])
+    x = channel_features(torch.from_numpy(up)[:, None].float() / 127.5 - 1)
+    order = np.random.default_rng(seed).permutation(len(x))
+    train, held_out = order[:1500], order[1500:]
+    clf = SVC(C=10, probability=True, random_state=seed).fit(x[train], digits.target[train])
+    return clf, float(clf.score(x[held_out], digits.target[held_out])), len(held_out)
+
+
+def mode_report(clf, images):
+    """Modes covered (of 1,000) and KL(histogram || uniform) of stacked images (N, 3, 32, 32)."""
+    digits = clf.predict(channel_features(images)).reshape(len(images), 3)
+    hist = np.bincount(digits @ np.array([100, 10, 1]), minlength=1000)
+    p = hist[hist > 0] / len(images)
+    return {"modes": int((hist > 0).sum()), "kl": float((p * np.log(p * 1000)).sum()), "samples": len(images)}
+
+
+def confident_share(clf, images):
+    """Share of single-channel images whose most likely digit has probability >= CONFIDENT, and the classes drawn."""
+    probs = clf.predict_proba(channel_features(images))
+    share = np.bincount(probs.argmax(1), minlength=10) / len(probs)
+    return {"confident": float((probs.max(1) >= CONFIDENT).mean()), "class_shares": share.round(4).tolist(),
+            "samples": len(images)}
+
+
+# ---- the runs
+
+def run(cmd, log):
+    """Run cmd (output to log); returns its wall time; raises with the log's tail on failure."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "offline",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        r = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if r.returncode:
+        tail = Path(log).read_text()[-3000:]
+        raise RuntimeError(f"{' '.join(map(str, cmd[:6]))} ... failed (exit {r.returncode}); {log}:\n{tail}")
+    return time.perf_counter() - t0
+
+
+def pack(source, out, channels, log):
+    if not (out / "manifest.json").is_file():
+        run([sys.executable, "-m", "gan_dist.shard", source, "--out", out, "--size", 32, "--channels", channels,
+             "--shard_size", 5000, "--workers", 2], log)
+    return out
+
+
+def train(args, name, flags, data, channels, out):
+    """Train one recipe through torchrun; returns (wall seconds, steps, images seen, mean img/s the trainer logged)."""
+    global_batch = args.batch_size * args.nproc
+    steps = max(1, round(args.kimg * 1000 / global_batch))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           ROOT / "gan_dist" / "train.py", "--cpu", "--data", data, "--img_size", 32, "--channels", channels,
+           "--batch_size", args.batch_size, "--n_cpu", 0, "--max_train_steps", steps, "--checkpointing_steps", steps,
+           "--sample_interval", steps, "--log_steps", max(1, steps // 20), "--seed", args.seed,
+           "--output_dir", out, "--report_to", "none", *flags, *args.train_flags.get(name, [])]
+    seconds = run(cmd, out.parent / f"{name}.log")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    speeds = [r["img_per_s"] for r in rows if "img_per_s" in r]
+    return seconds, steps, steps * global_batch, float(np.mean(speeds)) if speeds else None
+
+
+def samples(run_dir, n, seed):
+    """n G_ema images (float, [-1, 1]) from the run's last checkpoint, via gan_dist.sample."""
+    checkpoint = resolve_checkpoint(run_dir)
+    G, _ = load_generator(checkpoint, ema=None)
+    z = latents(n, read_meta(checkpoint)["gan_config"]["latent_dim"], seed)
+    return generate(G, z, "cpu", batch_size=500).clamp(-1, 1)
+
+
+def grid(run_dir, path, log):
+    run([sys.executable, "-m", "gan_dist.sample", "--checkpoint", run_dir, "--n", 64, "--grid", path,
+         "--seed", 1], log)
+    return path
+
+
+def side_by_side(grids, path):
+    """The recipes' grids in one PNG, each with its name above."""
+    images = [(name, Image.open(p).convert("RGB")) for name, p in grids]
+    w, h = max(i.width for _, i in images), max(i.height for _, i in images)
+    sheet = Image.new("RGB", (len(images) * (w + 10) + 10, h + 30), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (name, img) in enumerate(images):
+        sheet.paste(img, (10 + k * (w + 10), 25))
+        draw.text((10 + k * (w + 10), 6), name, fill="black")
+    sheet.save(path)
+    return path
+
+
+def markdown(doc):
+    m, judge = doc["machine"], doc["judge"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {doc['config']['nproc']} CPU processes, "
+             f"{doc['config']['kimg']} kimg per recipe (global batch {doc['config']['global_batch']})",
+             f"judge: SVM on real digits, held-out accuracy {judge['held_out_accuracy']:.1%} "
+             f"({judge['held_out']} digits)", "",
+             "| recipe | modes (of 1,000) | KL ‖ uniform | train wall | images/s | steps |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    real = doc.get("real")
+    if real:
+        lines.append(f"| real stacked digits (floor) | {real['modes']} | {real['kl']:.3f} | | | |")
+    for name, c in doc["cases"].items():
+        if "modes" in c:
+            lines.append(f"| {name} | {c['modes']} | {c['kl']:.3f} | {c['train_seconds'] / 60:.1f} min | "
+                         f"{c['images_per_s']:.0f} | {c['steps']} |")
+    for name, c in doc["cases"].items():
+        if "confident" in c:
+            lines.append(f"\n{name}: {c['confident']:.1%} of {c['samples']} G_ema samples classified with "
+                         f"p >= {CONFIDENT} (ten digits; class shares {c['class_shares']}); "
+                         f"{c['train_seconds'] / 60:.1f} min, {c['images_per_s']:.0f} images/s")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m gan_dist.bench quality", description=__doc__.split("\n")[0])
+    p.add_argument("--recipes", nargs="+", choices=[*RECIPES, "digits"], default=[*RECIPES, "digits"],
+                   help="digits: the modern recipe on the ten plain digits (confidently classified share)")
+    p.add_argument("--kimg", type=float, default=200, help="thousands of images each recipe trains on")
+    p.add_argument("--nproc", type=int, default=2, help="training processes (torchrun, gloo on the CPU)")
+    p.add_argument("--batch_size", type=int, default=32, help="per process")
+    p.add_argument("--samples", type=int, default=26_000, help="generated images judged per recipe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flags", action="append", default=[], metavar="RECIPE=FLAGS",
+                   help="extra trainer flags for one recipe, e.g. modern='--r1_gamma 0.1'")
+    p.add_argument("--out", default="runs/bench_quality.json", help="the results as JSON")
+    p.add_argument("--picture", default=None, help="the side-by-side grids (default: --out with .png)")
+    p.add_argument("--work", default=None, help="keep shards and runs here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    for name in ("nproc", "batch_size", "samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if not args.kimg > 0:
+        p.error(f"--kimg must be > 0, got {args.kimg}")
+    args.train_flags = {}
+    for item in args.flags:
+        name, _, flags = item.partition("=")
+        if name not in RECIPES and name != "digits":
+            p.error(f"--flags {item!r}: expected RECIPE=FLAGS with RECIPE one of {', '.join([*RECIPES, 'digits'])}")
+        args.train_flags[name] = flags.split()
+    args.picture = args.picture or str(Path(args.out).with_suffix(".png"))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work = Path(args.work or tempfile.mkdtemp(prefix="gan-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in vars(args).items() if k not in ("work", "train_flags")}
+    config.update(global_batch=args.batch_size * args.nproc, recipe_flags={k: RECIPES[k] for k in RECIPES})
+    doc = {"machine": machine_info(), "config": config, "cases": {}}
+    save = lambda: out.write_text(json.dumps(doc, indent=2) + "\n")  # noqa: E731 (after every case)
+    clf, accuracy, n_held = fit_judge(args.seed)
+    doc["judge"] = {"classifier": "SVC(C=10) on 1,500 real digits", "held_out_accuracy": accuracy, "held_out": n_held}
+    stacked = [r for r in args.recipes if r in RECIPES]
+    grids = []
+    if stacked:
+        data = pack("stacked-digits", work / "stacked32", 3, work / "pack-stacked.log")
+        real = load_into_memory(load_manifest(str(data))[1])[0][:args.samples]
+        doc["real"] = mode_report(clf, real.float() / 127.5 - 1)
+        save()
+    for name in args.recipes:
+        print(f"quality: training {name} for {args.kimg} kimg", file=sys.stderr, flush=True)
+        if name == "digits":
+            digits = pack("digits", work / "digits32", 1, work / "pack-digits.log")
+            seconds, steps, images, speed = train(args, name, RECIPES["modern"], digits, 1, work / name)
+            judged = confident_share(clf, samples(work / name, args.samples, args.seed + 1))
+        else:
+            seconds, steps, images, speed = train(args, name, RECIPES[name], data, 3, work / name)
+            judged = mode_report(clf, samples(work / name, args.samples, args.seed + 1))
+            grids.append((name, grid(work / name, work / f"{name}.png", work / f"{name}-sample.log")))
+        doc["cases"][name] = {**judged, "train_seconds": seconds, "steps": steps, "images": images,
+                              "images_per_s": images / seconds, "trainer_img_per_s": speed,
+                              "flags": RECIPES["modern" if name == "digits" else name] + args.train_flags.get(name, []),
+                              "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+        save()
+    if grids:
+        doc["picture"] = str(side_by_side(grids, args.picture))
+    doc["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    save()
+    print(markdown(doc))
+    return doc

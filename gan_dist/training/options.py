@@ -38,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_samples", type=int, default=25, help="images in each fixed-noise grid (5x5)")
     # EMA, augmentation, evaluation
+    p.add_argument("--ema_rampup", type=float, default=None,
+                   help="grow G_ema's half-life with training: at most this fraction of the images seen so far "
+                        "(StyleGAN2-ADA uses 0.05); off by default")
     p.add_argument("--ema_kimg", type=float, default=10.0,
                    help="half-life of G's moving average (G_ema, used for samples and metrics) in thousands "
                         "of images; 0 turns it off")
@@ -76,6 +79,8 @@ def parse_args(argv=None):
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
+    if args.ema_rampup is not None and args.ema_rampup <= 0:
+        p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
     try:
         GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
         parse_policy(args.diffaug)

@@ -29,7 +29,7 @@ def test_default_flags_are_the_vanilla_recipe():
     assert (args.preset, args.arch, args.loss, args.lr_g, args.lr_d, args.betas_g, args.betas_d) == (
         "vanilla", "mlp", "bce", 0.0002, 0.0002, [0.5, 0.999], [0.5, 0.999])
     assert (args.r1_gamma, args.r2_gamma, args.schedule, args.mirror, args.ema_kimg, args.ema_rampup) == (
-        0.0, 0.0, "constant", False, 10.0, 0.0)
+        0.0, 0.0, "constant", False, 10.0, None)
 
 
 def test_modern_preset_and_explicit_flags_override_it():

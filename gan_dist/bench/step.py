@@ -43,7 +43,6 @@ def trainer_flags():
 def read_metrics(path, warmup):
     """Sum up metrics.jsonl rows after step `warmup`: images/s, data-wait fraction, peak GPU memory."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    rows = [row for row in rows if "sec_per_step" in row]  # not the rows of evaluations or image statistics
     prev, images, seconds, wait, mem, steps = 0, 0.0, 0.0, 0.0, None, 0
     for row in rows:
         n = row["step"] - prev

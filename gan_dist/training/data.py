@@ -282,7 +282,7 @@ def decoded_gib(manifest):
 
 def _keyed_chunks(src, size=256):
     """Samples -> ([(url, key)], their images as one uint8 tensor, samples that failed) per `size` samples:
-    one tensor crosses from a worker per chunk (each tensor passed costs a file descriptor and ~1 ms)."""
+    one tensor crosses from a worker per chunk (each tensor passed costs a file descriptor and a round trip)."""
     names, images, failed = [], [], 0
     for sample in src:
         img = _decode_or_none(sample)

@@ -17,7 +17,7 @@ from gan_dist.training.ddp import COMM_HOOKS
 GAMMA_FOR_RES = {32: 0.05, 64: 2.0, 128: 17.0, 256: 150.0}
 PRESETS = {
     "vanilla": {"arch": "mlp", "loss": "bce", "r1_gamma": 0.0, "r2_gamma": 0.0, "lr": 0.0002, "b1": 0.5,
-                "b2": 0.999, "ema_kimg": 10.0, "ema_rampup": 0.0, "schedule": "constant"},
+                "b2": 0.999, "ema_kimg": 10.0, "ema_rampup": None, "schedule": "constant"},
     "modern": {"arch": "resnet", "loss": "rpgan", "r1_gamma": "for --img_size", "r2_gamma": "for --img_size",
                "lr": 0.0002, "b1": 0.0, "b2": 0.99, "ema_kimg": 5.0, "ema_rampup": 0.05, "schedule": "cosine"},
 }
@@ -131,8 +131,8 @@ def parse_args(argv=None):
                    help=preset_help("ema_kimg", "half-life of G's moving average (G_ema, used for samples and "
                                                 "metrics) in thousands of images; 0 turns it off"))
     p.add_argument("--ema_rampup", type=float, default=None,
-                   help=preset_help("ema_rampup", "cap the half-life at this fraction of the images seen so far "
-                                                  "(early weights are forgotten quickly); 0 = off"))
+                   help=preset_help("ema_rampup", "grow G_ema's half-life with training: at most this fraction of "
+                                                  "the images seen so far (StyleGAN2-ADA uses 0.05); None = off"))
     p.add_argument("--diffaug", default="", help="DiffAugment for real and fake images in both phases, "
                                                  "e.g. color,translation,cutout (for small datasets)")
     p.add_argument("--eval_steps", type=int, default=0, help="steps between FID/KID evaluations; 0 = never")
@@ -169,7 +169,7 @@ def parse_args(argv=None):
     for name in ("lr_g", "lr_d"):
         if not getattr(args, name) > 0:
             p.error(f"--{name} (or --lr) must be > 0, got {getattr(args, name)}")
-    for name in ("r1_gamma", "r2_gamma", "ema_kimg", "ema_rampup", "lr_end_ratio", "gamma_end_ratio"):
+    for name in ("r1_gamma", "r2_gamma", "ema_kimg", "lr_end_ratio", "gamma_end_ratio"):
         if not getattr(args, name) >= 0:
             p.error(f"--{name} must be >= 0, got {getattr(args, name)}")
     for name in ("betas_g", "betas_d"):
@@ -177,6 +177,8 @@ def parse_args(argv=None):
             p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
+    if args.ema_rampup is not None and args.ema_rampup <= 0:
+        p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
     try:
         gan_config(args)
         parse_policy(args.diffaug)

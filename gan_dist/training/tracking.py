@@ -1,4 +1,4 @@
-"""What a run leaves behind for people: trackers (W&B, TensorBoard), metrics.jsonl, sample grids.
+"""What a run leaves behind for people: trackers (W&B, TensorBoard), the metrics logs, sample grids.
 
 Everything here acts on the main process only; other ranks return at once. W&B runs
 offline into OUTPUT_DIR/wandb when no credentials are found (sync later with
@@ -14,6 +14,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 TRACKERS = ("wandb", "tensorboard")
+TRAIN_LOG = "metrics.jsonl"
+LOGS = {"train": TRAIN_LOG, "samples": "samples.jsonl", "eval": "eval.jsonl"}
 
 
 def tracker_names(report_to):
@@ -76,14 +78,18 @@ def finish_run(accelerator, output_dir):
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to OUTPUT_DIR/metrics.jsonl (main process only)."""
+    """Appends one JSON object per logged step to one of the run's logs (main process only).
 
-    def __init__(self, accelerator, output_dir):
+    kind "train": OUTPUT_DIR/metrics.jsonl, a row per --log_steps; "samples": samples.jsonl,
+    colour statistics per --sample_interval; "eval": eval.jsonl, FID/KID per --eval_steps.
+    """
+
+    def __init__(self, accelerator, output_dir, kind="train"):
         self.accelerator = accelerator
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = Path(output_dir) / LOGS[kind]
 
     def log(self, row, step):
-        """Numbers go to the trackers; the whole row (tool names of metrics too) to metrics.jsonl."""
+        """Numbers go to the trackers; the whole row (tool names of metrics too) to the file."""
         try:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
         except Exception as e:
@@ -91,6 +97,18 @@ class MetricsLog:
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": step, **row}) + "\n")
+
+
+def read_log(run_dir, kind="train"):
+    """One of a run's logs as rows in step order; a step logged twice (a resume repeating steps) keeps its last row."""
+    by_step = {}
+    path = Path(run_dir) / LOGS[kind]
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_step[row["step"]] = row
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5):

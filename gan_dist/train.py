@@ -231,7 +231,7 @@ def train(args):
             step = global_step + 1
             if args.mirror:
                 real_img = mirror(real_img, args.seed, step, accelerator.process_index)
-            lr_G, lr_D, r1_gamma, r2_gamma = schedule(args, step, max_train_steps)
+            lr_G, lr_D, r1_gamma, r2_gamma = schedule(args, step, max_train_steps, global_batch)
             for opt, lr in ((opt_G, lr_G), (opt_D, lr_D)):  # from the command line, not a checkpoint (--lr after a NaN)
                 for group in opt.param_groups:
                     group["lr"] = lr

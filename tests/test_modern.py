@@ -2,15 +2,14 @@
 the resnet checkpoint sampled, and a short run that learns digits."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from conftest import run_module
 from conftest import train_rows as rows
 from safetensors.torch import load_file
-from test_learning import digit_score, real_digits
-from sklearn.linear_model import LogisticRegression
+from test_learning import digit_score
 
+from gan_dist.bench.quality import channel_features, fit_judge
 from gan_dist.networks.models import GANConfig, build_models
 from gan_dist.training.options import GAMMA_FOR_RES, parse_args
 from gan_dist.training.step import generate
@@ -19,9 +18,10 @@ TINY = ("--widths", "32,32,16,8", "--group_size", "8", "--latent_dim", "32")
 
 
 def train(data, out, *extra, timeout=300):
+    # one thread: on a busy machine OpenMP threads that wait for each other slow the small convs 10-30x
     return run_module("gan_dist.train", "--cpu", "--data", data, "--img_size", 32, "--channels", 1,
                       "--batch_size", 16, "--n_cpu", 0, "--output_dir", out, "--report_to", "none", *extra,
-                      timeout=timeout)
+                      env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
 
 
 def test_default_flags_are_the_vanilla_recipe():
@@ -60,7 +60,9 @@ def test_bad_recipe_flags_are_refused(argv, message, capsys):
 
 
 def test_modern_resume_with_mirror_and_lazy_penalties_is_bit_exact(tmp_path, digits32):
+    # the cosine schedule spans --schedule_kimg, not the (shorter) first run
     common = ("--preset", "modern", *TINY, "--mirror", "--reg_every", "2", "--r1_gamma", "1", "--log_steps", 2,
+              "--schedule_kimg", 6 * 16 / 1000,
               "--checkpointing_steps", 4, "--sample_interval", 100)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     r = train(digits32, straight, "--max_train_steps", 6, *common)
@@ -85,3 +87,31 @@ def test_modern_resume_with_mirror_and_lazy_penalties_is_bit_exact(tmp_path, dig
     r = run_module("gan_dist.sample", "--checkpoint", straight, "--n", 4, "--grid", grid)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "EMA weights" in r.stdout and grid.is_file()
+
+
+LEARN_STEPS = 120
+
+
+def test_modern_preset_learns_digits(tmp_path, digits32):
+    """A tiny, short modern run (rpgan, R1 + R2, G_ema) must draw clearly more readable and varied digits than
+    its untrained G. Judge: the bench's SVM on the digits' 8x8 grid (a logistic regression on raw pixels is
+    fooled by untrained noise here); score: test_learning's digit score (1 = one thing or nothing, 10 = all ten).
+    About 4,000 images is early for this recipe (shapes, not yet clean digits), hence the modest margin."""
+    clf, accuracy, _ = fit_judge()
+    assert accuracy > 0.95
+    out = tmp_path / "run"
+    r = train(digits32, out, "--preset", "modern", *TINY, "--batch_size", 32, "--lr", "1e-3",
+              "--max_train_steps", LEARN_STEPS, "--checkpointing_steps", LEARN_STEPS,
+              "--sample_interval", LEARN_STEPS, "--log_steps", 40)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = out / "checkpoints" / f"checkpoint-{LEARN_STEPS}"
+    cfg = GANConfig(**json.loads((ckpt / "gan.json").read_text())["gan_config"])
+    torch.manual_seed(0)  # the trainer's initial weights (seed 0)
+    untrained, _ = build_models(cfg)
+    trained, _ = build_models(cfg)
+    trained.load_state_dict(load_file(ckpt / "G_ema.safetensors"))
+    z = torch.randn(1000, cfg.latent_dim, generator=torch.Generator().manual_seed(123))
+    scores = {name: digit_score(clf.predict_proba(channel_features(generate(G, z))))
+              for name, G in (("untrained", untrained), ("trained", trained))}
+    print(f"digit score: trained G_ema {scores['trained']:.2f}, untrained {scores['untrained']:.2f}")
+    assert scores["trained"] > 1.35 * scores["untrained"]

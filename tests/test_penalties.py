@@ -136,3 +136,19 @@ def test_penalised_step_with_the_fp16_scaler_uses_unscaled_penalties(fresh_state
     assert stats.skipped_updates == 0 and scaler.get_scale() == 2.0 ** 16
     assert torch.allclose(stats.latest["r1"], expected_r1, rtol=1e-4)  # the penalty, not the scaled one
     assert math.isfinite(stats.latest["grad_norm_D"])
+
+
+def test_cosine_schedule_of_rates_and_gammas_with_lazy_regularisation():
+    from types import SimpleNamespace
+
+    from gan_dist.training.step import schedule
+    args = SimpleNamespace(schedule="cosine", schedule_kimg=None, lr_end_ratio=0.25, gamma_end_ratio=0.1,
+                           reg_every=4, lr_g=2e-4, lr_d=1e-4, r1_gamma=1.0, r2_gamma=0.5)
+    assert schedule(args, 4, 101, 64) == pytest.approx((2e-4, 1e-4, 4.0, 2.0), rel=5e-3)  # gamma x 4 every 4
+    assert schedule(args, 5, 101, 64)[2:] == (0.0, 0.0)  # no penalty between
+    assert schedule(args, 101, 101, 64) == pytest.approx((5e-5, 2.5e-5, 0.0, 0.0))
+    assert schedule(args, 51, 101, 64)[0] == pytest.approx(2e-4 * (0.25 + 0.75 / 2))  # half way: the mean
+    args.schedule_kimg = 6.4  # 100 steps of 64, whatever the run's length
+    assert schedule(args, 100, 1000, 64)[1] == pytest.approx(2.5e-5)
+    args.schedule, args.reg_every = "constant", 1
+    assert schedule(args, 7, 10, 64) == (2e-4, 1e-4, 1.0, 0.5)

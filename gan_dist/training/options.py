@@ -117,6 +117,9 @@ def parse_args(argv=None):
     p.add_argument("--schedule", choices=("constant", "cosine"), default=None,
                    help=preset_help("schedule", "cosine: learning rates and gammas decay over the run "
                                                 "(to --lr_end_ratio and --gamma_end_ratio of their start)"))
+    p.add_argument("--schedule_kimg", type=float, default=None,
+                   help="length of the cosine decay in thousands of images (default: the whole run); set it to "
+                        "resume or extend a run on the same schedule")
     p.add_argument("--lr_end_ratio", type=float, default=0.25, help="final / initial learning rate with cosine")
     p.add_argument("--gamma_end_ratio", type=float, default=0.1, help="final / initial gamma with cosine")
     p.add_argument("--mirror", action="store_true",
@@ -169,6 +172,8 @@ def parse_args(argv=None):
     for name in ("lr_g", "lr_d"):
         if not getattr(args, name) > 0:
             p.error(f"--{name} (or --lr) must be > 0, got {getattr(args, name)}")
+    if args.schedule_kimg is not None and not args.schedule_kimg > 0:
+        p.error(f"--schedule_kimg must be > 0, got {args.schedule_kimg}")
     for name in ("r1_gamma", "r2_gamma", "ema_kimg", "lr_end_ratio", "gamma_end_ratio"):
         if not getattr(args, name) >= 0:
             p.error(f"--{name} must be >= 0, got {getattr(args, name)}")

@@ -89,11 +89,15 @@ def cosine(start, end, progress):
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def schedule(args, step, max_train_steps):
-    """(lr_G, lr_D, r1_gamma, r2_gamma) for optimizer step `step` (1-based); with --schedule cosine the rates
-    fall to --lr_end_ratio and the gammas to --gamma_end_ratio of their start over the run, as in R3GAN.
-    The gammas are x --reg_every on the steps that regularise (lazy regularisation) and 0 on the others."""
-    progress = (step - 1) / max(max_train_steps - 1, 1)
+def schedule(args, step, max_train_steps, global_batch):
+    """(lr_G, lr_D, r1_gamma, r2_gamma) for optimizer step `step` (1-based).
+
+    With --schedule cosine the rates fall to --lr_end_ratio and the gammas to --gamma_end_ratio of their
+    start, as in R3GAN, over --schedule_kimg (default: the whole run). The gammas are x --reg_every on
+    the steps that regularise (lazy regularisation) and 0 on the others.
+    """
+    horizon = args.schedule_kimg * 1000 / global_batch if args.schedule_kimg else max_train_steps
+    progress = (step - 1) / max(horizon - 1, 1)
     lr_ratio, gamma_ratio = 1.0, 1.0
     if args.schedule == "cosine":
         lr_ratio, gamma_ratio = cosine(1.0, args.lr_end_ratio, progress), cosine(1.0, args.gamma_end_ratio, progress)

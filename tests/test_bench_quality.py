@@ -1,0 +1,75 @@
+"""The recipe-quality bench: its judge on real stacked digits, its arithmetic, and a tiny end-to-end run.
+
+Quality itself is only measured by `make bench-quality`, never asserted here.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_module
+from PIL import Image
+
+from gan_dist.bench.quality import channel_features, fit_judge, mode_report
+from gan_dist.packing.sources import SourceOptions, read_stacked_digits
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return fit_judge()
+
+
+def stacked(n):
+    """The first n stacked images, upscaled as the packer does, as floats in [-1, 1], and their labels."""
+    items = []
+    for item in read_stacked_digits(SourceOptions()).items:
+        items.append(item)
+        if len(items) == n:
+            break
+    up = np.stack([np.asarray(Image.fromarray(i.image).resize((32, 32), Image.Resampling.BICUBIC)) for i in items])
+    return torch.from_numpy(up).permute(0, 3, 1, 2).float() / 127.5 - 1, np.array([i.label for i in items])
+
+
+def test_judge_reads_real_stacked_digits(judge):
+    clf, accuracy, held_out = judge
+    assert accuracy > 0.97 and held_out == 297
+    images, labels = stacked(600)
+    digits = clf.predict(channel_features(images)).reshape(-1, 3) @ np.array([100, 10, 1])
+    assert (digits == labels).mean() > 0.95  # all three channels right
+
+
+def test_modes_and_kl_arithmetic(judge):
+    clf, _, _ = judge
+    images, labels = stacked(3000)
+    report = mode_report(clf, images)
+    hist = np.bincount(labels, minlength=1000)
+    assert abs(report["modes"] - (hist > 0).sum()) <= 10  # the judge's few mistakes
+    one = images[:1].expand(500, -1, -1, -1)  # a collapsed generator: one image
+    collapsed = mode_report(clf, one)
+    assert collapsed["modes"] == 1 and collapsed["kl"] == pytest.approx(math.log(1000))
+
+
+def test_stacked_source_labels_are_the_three_digits():
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    item = next(iter(read_stacked_digits(SourceOptions()).items))
+    assert item.image.shape == (8, 8, 3) and item.image.dtype == np.uint8
+    r, g, b = (digits.target[np.argmin([np.abs(np.round(d * 255 / 16) - item.image[:, :, c]).sum()
+                                        for d in digits.images])] for c in range(3))
+    assert item.label == 100 * r + 10 * g + b
+
+
+def test_quality_bench_end_to_end_tiny(tmp_path):
+    out = tmp_path / "q.json"
+    r = run_module("gan_dist.bench", "quality", "--recipes", "vanilla", "--kimg", 0.064, "--nproc", 1,
+                   "--samples", 200, "--out", out, "--work", tmp_path / "work", env={"OMP_NUM_THREADS": "1"},
+                   timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    case = doc["cases"]["vanilla"]
+    assert case["steps"] == 2 and case["images"] == 64 and case["samples"] == 200
+    assert 1 <= case["modes"] <= 200 and case["kl"] >= 0
+    assert doc["real"]["samples"] == 200 and doc["judge"]["held_out_accuracy"] > 0.97
+    assert Image.open(out.with_suffix(".png")).size[0] > 0
+    assert "| vanilla |" in r.stdout and "floor" in r.stdout

@@ -73,3 +73,10 @@ def test_quality_bench_end_to_end_tiny(tmp_path):
     assert doc["real"]["samples"] == 200 and doc["judge"]["held_out_accuracy"] > 0.97
     assert Image.open(out.with_suffix(".png")).size[0] > 0
     assert "| vanilla |" in r.stdout and "floor" in r.stdout
+    # --reuse judges the finished run again without training it again
+    r = run_module("gan_dist.bench", "quality", "--recipes", "vanilla", "--kimg", 0.064, "--nproc", 1,
+                   "--samples", 100, "--out", out, "--work", tmp_path / "work", "--reuse",
+                   env={"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads(out.read_text())["cases"]["vanilla"]
+    assert again["training_reused"] and again["train_seconds"] == case["train_seconds"] and again["samples"] == 100

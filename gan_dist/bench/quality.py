@@ -18,10 +18,12 @@ recipes' sample grids side by side (--picture).
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +58,6 @@ def channel_features(images):
 def fit_judge(seed=0):
     """An SVM on real digits taken through the packer's path (8x8 -> 32x32 bicubic -> 8x8);
     returns (classifier, held-out accuracy, held-out count)."""
-    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.datasets import load_digits
     from sklearn.svm import SVC
     digits = load_digits()
@@ -65,7 +66,11 @@ def fit_judge(seed=0):
     x = channel_features(torch.from_numpy(up)[:, None].float() / 127.5 - 1)
     order = np.random.default_rng(seed).permutation(len(x))
     train, held_out = order[:1500], order[1500:]
-    clf = CalibratedClassifierCV(SVC(C=10), ensemble=False).fit(x[train], digits.target[train])  # probabilities
+    with warnings.catch_warnings():
+        # Platt scaling (probability=True) is deprecated for CalibratedClassifierCV, but that one gives
+        # confident probabilities to noise far from every digit (half of an untrained G's samples)
+        warnings.simplefilter("ignore", FutureWarning)
+        clf = SVC(C=10, probability=True, random_state=seed).fit(x[train], digits.target[train])
     return clf, float(clf.score(x[held_out], digits.target[held_out])), len(held_out)
 
 
@@ -107,19 +112,30 @@ def pack(source, out, channels, log):
     return out
 
 
-def train(args, name, flags, data, channels, out):
-    """Train one recipe through torchrun; returns (wall seconds, steps, images seen, mean img/s the trainer logged)."""
+def train(args, name, flags, data, channels, out, previous=None):
+    """Train one recipe through torchrun; returns its figures: wall seconds, steps, images seen, images/s
+    and the mean img/s the trainer logged. With `previous` (this case from an earlier --out) and a finished
+    run in `out` made with the same steps and flags, the run and its figures are reused."""
     global_batch = args.batch_size * args.nproc
     steps = max(1, round(args.kimg * 1000 / global_batch))
+    flags = [*flags, *args.train_flags.get(name, [])]
+    if (previous and previous.get("steps") == steps and previous.get("flags") == flags
+            and (out / "checkpoints" / f"checkpoint-{steps}").is_dir()):
+        keys = ("train_seconds", "steps", "images", "images_per_s", "trainer_img_per_s", "load_avg_1m")
+        return {**{k: previous[k] for k in keys}, "flags": flags, "training_reused": True}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            ROOT / "gan_dist" / "train.py", "--cpu", "--data", data, "--img_size", 32, "--channels", channels,
            "--batch_size", args.batch_size, "--n_cpu", 0, "--max_train_steps", steps, "--checkpointing_steps", steps,
            "--sample_interval", steps, "--log_steps", max(1, steps // 20), "--seed", args.seed,
-           "--output_dir", out, "--report_to", "none", *flags, *args.train_flags.get(name, [])]
+           "--output_dir", out, "--report_to", "none", *flags]
+    if out.exists():
+        shutil.rmtree(out)
     seconds = run(cmd, out.parent / f"{name}.log")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["img_per_s"] for r in rows if "img_per_s" in r]
-    return seconds, steps, steps * global_batch, float(np.mean(speeds)) if speeds else None
+    return {"train_seconds": seconds, "steps": steps, "images": steps * global_batch,
+            "images_per_s": steps * global_batch / seconds, "trainer_img_per_s": float(np.mean(speeds)) if speeds
+            else None, "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "flags": flags}
 
 
 def samples(run_dir, n, seed):
@@ -186,6 +202,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/bench_quality.json", help="the results as JSON")
     p.add_argument("--picture", default=None, help="the side-by-side grids (default: --out with .png)")
     p.add_argument("--work", default=None, help="keep shards and runs here (default: a temporary folder)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the finished runs in --work that --out recorded with the same steps and flags "
+                        "(their training figures too) and only judge them again")
     args = p.parse_args(argv)
     for name in ("nproc", "batch_size", "samples"):
         if getattr(args, name) < 1:
@@ -210,12 +229,13 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if k not in ("work", "train_flags")}
     config.update(global_batch=args.batch_size * args.nproc, recipe_flags={k: RECIPES[k] for k in RECIPES})
+    previous = json.loads(out.read_text())["cases"] if args.reuse and out.is_file() else {}
     doc = {"machine": machine_info(), "config": config, "cases": {}}
 
     def save():  # after every case: a cut-short run keeps its figures
         out.write_text(json.dumps(doc, indent=2) + "\n")
     clf, accuracy, n_held = fit_judge(args.seed)
-    doc["judge"] = {"classifier": "SVC(C=10), calibrated, on 1,500 real digits", "held_out_accuracy": accuracy, "held_out": n_held}
+    doc["judge"] = {"classifier": "SVC(C=10, probability=True) on 1,500 real digits", "held_out_accuracy": accuracy, "held_out": n_held}
     stacked = [r for r in args.recipes if r in RECIPES]
     grids = []
     if stacked:
@@ -227,16 +247,13 @@ def main(argv=None):
         print(f"quality: training {name} for {args.kimg} kimg", file=sys.stderr, flush=True)
         if name == "digits":
             digits = pack("digits", work / "digits32", 1, work / "pack-digits.log")
-            seconds, steps, images, speed = train(args, name, RECIPES["modern"], digits, 1, work / name)
+            trained = train(args, name, RECIPES["modern"], digits, 1, work / name, previous.get(name))
             judged = confident_share(clf, samples(work / name, args.samples, args.seed + 1))
         else:
-            seconds, steps, images, speed = train(args, name, RECIPES[name], data, 3, work / name)
+            trained = train(args, name, RECIPES[name], data, 3, work / name, previous.get(name))
             judged = mode_report(clf, samples(work / name, args.samples, args.seed + 1))
             grids.append((name, grid(work / name, work / f"{name}.png", work / f"{name}-sample.log")))
-        doc["cases"][name] = {**judged, "train_seconds": seconds, "steps": steps, "images": images,
-                              "images_per_s": images / seconds, "trainer_img_per_s": speed,
-                              "flags": RECIPES["modern" if name == "digits" else name] + args.train_flags.get(name, []),
-                              "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+        doc["cases"][name] = {**judged, **trained}
         save()
     if grids:
         doc["picture"] = str(side_by_side(grids, args.picture))

@@ -13,7 +13,8 @@ from gan_dist.networks.losses import LOSSES
 from gan_dist.networks.models import ARCHS, GANConfig
 from gan_dist.training.ddp import COMM_HOOKS
 
-# R3GAN's gamma per resolution: CIFAR-10 at 32, FFHQ at 64 and 256; 128 geometrically between
+# R3GAN's gamma per resolution: CIFAR-10 at 32, FFHQ at 64 and 256; 128 geometrically between.
+# Other sizes (only --arch mlp/dcgan take them) use StyleGAN2-ADA's heuristic 0.0002 x size^2 / batch.
 GAMMA_FOR_RES = {32: 0.05, 64: 2.0, 128: 17.0, 256: 150.0}
 PRESETS = {
     "vanilla": {"arch": "mlp", "loss": "bce", "r1_gamma": 0.0, "r2_gamma": 0.0, "lr": 0.0002, "b1": 0.5,

@@ -9,7 +9,7 @@
 Every image is converted to `--channels` (1 = greyscale, 3 = RGB), optionally cropped
 (`--center_crop`, or seeded random crops), resized to `--size` x `--size` and stored as
 lossless PNG under the key `png` (or `--format jpg` / `npy`; label, when the source has
-one, under `cls`). Downloads are cached and checked (gan_dist.download). Shards are
+one, under `cls`). Downloads are cached and checked (gan_dist.packing.download). Shards are
 written under a temporary name and renamed when complete; manifest.json is written last,
 so a directory with a manifest is a finished pack. No torch here.
 """

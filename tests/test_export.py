@@ -37,7 +37,8 @@ def run(digits16, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "digits-gan"
-    export_mod.main(["--checkpoint", str(run), "--out", str(out), "--n_samples", "9"])
+    export_mod.main(["--checkpoint", str(run), "--out", str(out), "--n_samples", "9", "--hub_model_id",
+                     "tester/digits-gan"])  # named in the card; nothing is uploaded without --push_to_hub
     return out
 
 
@@ -99,12 +100,13 @@ def test_hub_id_is_read_from_the_hub_cache_offline(exported, tmp_path):
 
 def test_model_card_names_config_data_recipe_and_metrics(exported):
     card = ModelCard.load(exported / "README.md")
-    assert card.data.library_name == "gan-dist" and set(TAGS) <= set(card.data.tags)
+    assert card.data.library_name == "gan-dist" and card.data.tags == TAGS
     assert card.data.pipeline_tag == "unconditional-image-generation"
     assert '"latent_dim": 100' in card.text and '"arch": "mlp"' in card.text
     assert "](samples.png)" in card.text and Image.open(exported / "samples.png").size == (3 * 18 + 2,) * 2
     assert "| batch_size | 32 |" in card.text and "| source | digits |" in card.text
     assert "logged at step 2" in card.text and "| loss_D |" in card.text
+    assert 'from_pretrained("tester/digits-gan")' in card.text and "--checkpoint hf://tester/digits-gan" in card.text
 
 
 def test_weights_G_and_ema_flags(run, exported, tmp_path, capsys):

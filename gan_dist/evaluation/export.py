@@ -28,6 +28,7 @@ GRID = "samples.png"
 RECIPE_KEYS = ("arch", "latent_dim", "img_size", "channels", "base_width", "loss", "batch_size", "lr", "discr_lr",
                "b1", "b2", "r1_gamma", "ema_kimg", "ema_rampup", "diffaug", "mixed_precision", "n_epochs",
                "max_train_steps", "seed")
+TRAIN_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "kimg")  # of metrics.jsonl; the rest is speed and bookkeeping
 DATASET_KEYS = ("source", "count", "size", "channels", "image_format", "hf_dataset", "hf_origin", "hf_split",
                 "notice")
 
@@ -88,7 +89,7 @@ def _table(rows, head=("", "")):
     return "\n".join([f"| {head[0]} | {head[1]} |", "|---|---|", *(f"| {k} | {cell(v)} |" for k, v in rows.items())])
 
 
-def model_card(config, metrics, repo):
+def model_card(config, metrics, repo_id, folder):
     """The model card (huggingface_hub's ModelCard) for an export described by config.json's contents."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -104,10 +105,11 @@ def model_card(config, metrics, repo):
         f"The weights are {which}.", "",
         f"![{GRID}]({GRID})", "",
         "## Use", "", "```python", "import torch", "from gan_dist.networks.hub import HubGenerator", "",
-        f'G = HubGenerator.from_pretrained("{repo}")',
+        f'G = HubGenerator.from_pretrained("{repo_id or folder}")',
         f"images = G(torch.randn(16, {cfg['latent_dim']}))  # (16, {cfg['channels']}, {cfg['img_size']}, "
         f"{cfg['img_size']}) in [-1, 1]", "```", "",
-        f"or `python -m gan_dist.sample --checkpoint {repo} --n 64 --grid samples.png`.", "",
+        f"or `python -m gan_dist.sample --checkpoint {'hf://' + repo_id if repo_id else folder} --n 64 "
+        "--grid samples.png`.", "",
         f"## GAN config ({CONFIG})", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     if config["recipe"]:
         lines += ["## Training recipe", "", _table(config["recipe"], ("option", "value")), ""]
@@ -117,8 +119,8 @@ def model_card(config, metrics, repo):
             lines += [f"> {dataset['notice']}", ""]
     for kind, row in metrics.items():
         title = "Evaluation" if kind == "eval" else "Training losses"
-        lines += [f"## {title} (logged at step {row['step']})", "",
-                  _table({k: v for k, v in row.items() if k != "step"}, ("metric", "value")), ""]
+        shown = {k: v for k, v in row.items() if k != "step" and (kind == "eval" or k in TRAIN_KEYS)}
+        lines += [f"## {title} (logged at step {row['step']})", "", _table(shown, ("metric", "value")), ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
@@ -151,8 +153,7 @@ def export(args):
     out.mkdir(parents=True, exist_ok=True)
     images = generate(model, latents(args.n_samples, model.gan_config.latent_dim, args.seed), "cpu")
     grid_image(images, nrow=math.ceil(math.sqrt(args.n_samples))).save(out / GRID)
-    repo = f"hf://{args.hub_model_id}" if args.hub_model_id else str(out)
-    model_card(config, metrics, repo).save(out / "README.md")  # before save_pretrained, which keeps it
+    model_card(config, metrics, args.hub_model_id, out).save(out / "README.md")  # before save_pretrained, which keeps it
     model.save_pretrained(out, config=config)
     return out, config
 

@@ -78,7 +78,8 @@ def load_weights(net, path):
     load_model(net, str(path), strict=True)
 
 
-class HubGenerator(nn.Module, PyTorchModelHubMixin, library_name="gan-dist", tags=TAGS,
+# a copy of TAGS: the mixin appends its own tags to the list it is given
+class HubGenerator(nn.Module, PyTorchModelHubMixin, library_name="gan-dist", tags=list(TAGS),
                    pipeline_tag="unconditional-image-generation"):
     """G of a gan-dist run, loadable with `from_pretrained` and savable with `save_pretrained`/`push_to_hub`.
 
@@ -97,11 +98,12 @@ class HubGenerator(nn.Module, PyTorchModelHubMixin, library_name="gan-dist", tag
         save_model(self.net, str(Path(save_directory) / WEIGHTS))
 
     @classmethod
-    def _from_pretrained(cls, *, model_id, revision, cache_dir, force_download, local_files_only, token,
-                         map_location="cpu", **model_kwargs):
-        if "gan_config" not in model_kwargs:
+    def _from_pretrained(cls, *, model_id, revision=None, cache_dir=None, force_download=False,
+                         local_files_only=False, token=None, map_location="cpu", gan_config=None, **hub_kwargs):
+        # hub_kwargs: what older huggingface_hub versions also pass (proxies, resume_download); unused
+        if gan_config is None:
             raise HubError(f"{model_id}: {CONFIG} is missing or has no \"gan_config\"")
-        model = cls(**model_kwargs)
+        model = cls(gan_config)
         if Path(model_id).is_dir():
             path = Path(model_id) / WEIGHTS
         else:  # safetensors only: a Hub repo's pickled weights are never loaded

@@ -16,6 +16,8 @@ import math
 import sys
 from pathlib import Path
 
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+
 from gan_dist.evaluation.sample import SampleError, generate, grid_image, latents, load_generator, resolve_checkpoint
 from gan_dist.names import MANIFEST
 from gan_dist.networks.hub import CONFIG, TAGS, WEIGHTS, HubError, HubGenerator, check_gan_config
@@ -31,6 +33,32 @@ RECIPE_KEYS = ("arch", "latent_dim", "img_size", "channels", "base_width", "loss
 TRAIN_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "kimg")  # of metrics.jsonl; the rest is speed and bookkeeping
 DATASET_KEYS = ("source", "count", "size", "channels", "image_format", "hf_dataset", "hf_origin", "hf_split",
                 "notice")
+
+
+CARD_HEAD = """# {cfg[arch]} GAN generator, {cfg[img_size]}x{cfg[img_size]}x{cfg[channels]}
+
+An unconditional image generator trained with gan-dist for {step} steps{kimg}. The weights are {which}.
+
+![{grid}]({grid})
+
+## Use
+
+```python
+import torch
+from gan_dist.networks.hub import HubGenerator
+
+G = HubGenerator.from_pretrained("{model}")
+images = G(torch.randn(16, {cfg[latent_dim]}))  # (16, {cfg[channels]}, {cfg[img_size]}, {cfg[img_size]}) in [-1, 1]
+```
+
+or `python -m gan_dist.sample --checkpoint {sample_spec} --n 64 --grid samples.png`.
+
+## GAN config ({config_name})
+
+```json
+{config}
+```
+"""
 
 
 class ExportError(Exception):
@@ -91,26 +119,15 @@ def _table(rows, head=("", "")):
 
 def model_card(config, metrics, repo_id, folder):
     """The model card (huggingface_hub's ModelCard) for an export described by config.json's contents."""
-    from huggingface_hub import ModelCard, ModelCardData
-
     cfg, dataset, step = config["gan_config"], config["dataset"], config["global_step"]
     from_hub = dataset.get("source") == "hf" and dataset.get("hf_origin") == "hub"
     data = ModelCardData(library_name="gan-dist", tags=list(TAGS), pipeline_tag="unconditional-image-generation",
                          datasets=[dataset["hf_dataset"]] if from_hub else None)
     kimg = f" ({config['num_imgs_seen'] / 1000:g} kimg)" if config.get("num_imgs_seen") else ""
     which = "the exponential moving average of G (G_ema)" if config["weights"] == "G_ema" else "the trained G"
-    lines = [
-        f"# {cfg['arch']} GAN generator, {cfg['img_size']}x{cfg['img_size']}x{cfg['channels']}", "",
-        f"An unconditional image generator trained with gan-dist for {step} steps{kimg}. "
-        f"The weights are {which}.", "",
-        f"![{GRID}]({GRID})", "",
-        "## Use", "", "```python", "import torch", "from gan_dist.networks.hub import HubGenerator", "",
-        f'G = HubGenerator.from_pretrained("{repo_id or folder}")',
-        f"images = G(torch.randn(16, {cfg['latent_dim']}))  # (16, {cfg['channels']}, {cfg['img_size']}, "
-        f"{cfg['img_size']}) in [-1, 1]", "```", "",
-        f"or `python -m gan_dist.sample --checkpoint {'hf://' + repo_id if repo_id else folder} --n 64 "
-        "--grid samples.png`.", "",
-        f"## GAN config ({CONFIG})", "", "```json", json.dumps(cfg, indent=2), "```", ""]
+    lines = [CARD_HEAD.format(
+        cfg=cfg, step=step, kimg=kimg, which=which, grid=GRID, config_name=CONFIG, config=json.dumps(cfg, indent=2),
+        model=repo_id or folder, sample_spec=f"hf://{repo_id}" if repo_id else folder)]
     if config["recipe"]:
         lines += ["## Training recipe", "", _table(config["recipe"], ("option", "value")), ""]
     if dataset:
@@ -160,8 +177,6 @@ def export(args):
 
 def push(folder, repo_id, token=None, private=False):
     """Create the Hub repository if needed and upload the folder as one commit; return the commit URL."""
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True).repo_id
     return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder,

@@ -137,6 +137,9 @@ def test_bad_inputs_are_one_line_errors(exported, tmp_path, capsys):
     assert code != 0 and one_error_line(err) and "config.json" in err
     code, out, err = call(sample_main, capsys, "--checkpoint", "hf://nobody/no-model", "--n", 1, "--out_dir", tmp_path)
     assert code != 0 and one_error_line(err) and "HF_HUB_OFFLINE" in err
+    shutil.copytree(exported, tmp_path / "no_weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    code, out, err = call(sample_main, capsys, "--checkpoint", tmp_path / "no_weights", "--n", 1, "--out_dir", tmp_path)
+    assert code != 0 and one_error_line(err) and "has no model.safetensors" in err
     code, out, err = call(export_mod.main, capsys, "--checkpoint", tmp_path / "none", "--out", tmp_path / "x",
                           "--push_to_hub")
     assert code != 0 and "--hub_model_id" in err

@@ -143,6 +143,9 @@ def test_bad_inputs_are_one_line_errors(exported, tmp_path, capsys):
     code, out, err = call(export_mod.main, capsys, "--checkpoint", tmp_path / "none", "--out", tmp_path / "x",
                           "--push_to_hub")
     assert code != 0 and "--hub_model_id" in err
+    code, out, err = call(export_mod.main, capsys, "--checkpoint", tmp_path, "--out", tmp_path / "x",
+                          "--hub_model_id", "no id")
+    assert code != 0 and "expected user/name" in err
 
 
 @pytest.mark.parametrize("change, message", [

@@ -20,7 +20,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from gan_dist.evaluation.sample import SampleError, generate, grid_image, latents, load_generator, resolve_checkpoint
 from gan_dist.names import MANIFEST
-from gan_dist.networks.hub import CONFIG, TAGS, WEIGHTS, HubError, HubGenerator, check_gan_config
+from gan_dist.networks.hub import CONFIG, REPO_ID, TAGS, WEIGHTS, HubError, HubGenerator, check_gan_config
 from gan_dist.training.checkpoint import read_meta
 from gan_dist.training.ema import EMA_FILE
 from gan_dist.training.tracking import read_log
@@ -80,6 +80,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id user/name")
+    if args.hub_model_id and not REPO_ID.fullmatch(args.hub_model_id):
+        p.error(f"--hub_model_id {args.hub_model_id}: expected user/name")
     if args.n_samples < 1:
         p.error(f"--n_samples must be >= 1, got {args.n_samples}")
     return args
@@ -154,7 +156,7 @@ def export(args):
         raise ExportError(f"--weights G_ema: {checkpoint} has no {EMA_FILE} (trained without EMA); "
                           "export the trained G with --weights G")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not (out / CONFIG).is_file():
+    if out.exists() and (not out.is_dir() or any(out.iterdir()) and not (out / CONFIG).is_file()):
         raise ExportError(f"--out {out} is not empty and not an earlier export; pick a new directory")
     check_gan_config(meta["gan_config"])  # before load_generator builds G from it
     G, _ = load_generator(checkpoint, ema=weights == "G_ema", device="cpu")

@@ -193,7 +193,7 @@ def train(args):
         from gan_dist.evaluation.metrics import evaluate, format_result, inception_for_run  # slow to import
         extractor, why_not = inception_for_run(accelerator, args.inception_weights)
         if why_not:
-            accelerator.print(f"warning: {why_not}")
+            accelerator.print(f"warning: {why_not}; training goes on without FID/KID")
 
     # ---- what only the main process needs: fixed noise for grids, real colour statistics, trackers
     train_log, samples_log, eval_log = (MetricsLog(accelerator, output_dir, kind) for kind in ("train", "samples",
@@ -203,7 +203,8 @@ def train(args):
         fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=noise).to(device)
         colour_z = torch.randn(args.colour_samples, args.latent_dim, generator=noise).to(device)
         real_colour = colour_stats(to_device_float(first_batch(urls, args.colour_samples, args.seed + 1), "cpu"))
-    init_trackers(accelerator, args.tracker_project_name, vars(args), output_dir)
+    wandb_run_id = init_trackers(accelerator, args.tracker_project_name, vars(args), output_dir,
+                                 meta.get("wandb_run_id"))
     if is_main and global_step == 0:
         log_grid(accelerator, to_device_float(first_batch(urls, args.n_samples, args.seed), "cpu"),
                  output_dir, 0, key="reals")
@@ -278,7 +279,7 @@ def train(args):
                 position = {"epoch": step // steps_per_epoch, "batch_in_epoch": step % steps_per_epoch,
                             "num_imgs_seen": step * global_batch, "global_batch": global_batch,
                             "num_processes": accelerator.num_processes, "skipped_samples": skipped_total,
-                            "colour_drift": drift.state_dict()}
+                            "colour_drift": drift.state_dict(), "wandb_run_id": wandb_run_id}
                 save_checkpoint(accelerator, output_dir, step, gan_config, position, args.checkpoints_total_limit,
                                 ema=G_ema)
             if done or stop:

@@ -130,7 +130,7 @@ def inception_for_run(accelerator, weights=None, cache_dir=None, **fetch_kwargs)
     ok = accelerator.gather(torch.tensor([int(extractor is not None)], device=accelerator.device))
     if not bool(ok.all()):
         why = message or "another rank could not load the Inception weights"
-        return None, f"{why}; training goes on without FID/KID"
+        return None, why
     return extractor.to(accelerator.device), None
 
 

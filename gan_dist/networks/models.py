@@ -37,6 +37,8 @@ class GANConfig:
             raise ValueError(f"--arch dcgan needs --img_size 32, 64 or 128, got {self.img_size}; "
                              "use --arch mlp for other sizes")
         object.__setattr__(self, "widths", tuple(self.widths))  # a list when read back from gan.json
+        if not all(type(w) is int for w in self.widths):
+            raise ValueError(f"--widths must be whole numbers of channels, got {list(self.widths)}")
         if self.arch == "resnet":
             if self.img_size not in (32, 64, 128, 256):
                 raise ValueError(f"--arch resnet needs --img_size 32, 64, 128 or 256, got {self.img_size}")

@@ -12,6 +12,7 @@ from conftest import finish, launch, run_module, run_torchrun, torchrun_cmd
 from conftest import train_rows as rows
 from safetensors.torch import load_file
 
+from gan_dist.packing.download import sha256_file
 from gan_dist.packing.shard import pack
 
 
@@ -123,6 +124,10 @@ def make_damaged_shards(root):
             tar.addfile(info, __import__("io").BytesIO(data))
     two = root / "train-000002.tar"
     two.write_bytes(two.read_bytes()[: two.stat().st_size // 2])
+    # damage the packer wrote itself (the manifest's sha256 agrees), so it reaches the reader
+    for shard in m["shards"]:
+        shard["sha256"] = sha256_file(root / shard["file"])
+    (root / "manifest.json").write_text(json.dumps(m))
     return root
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torchvision.utils import make_grid
 
@@ -79,18 +80,31 @@ def load_generator(checkpoint, ema=None, device="cpu"):
         device: where G goes.
     """
     checkpoint = Path(checkpoint)
-    meta = read_meta(checkpoint)
-    G, _ = build_models(GANConfig(**meta["gan_config"]))
+    G, _ = build_models(checkpoint_config(checkpoint))
     ema_path = checkpoint / EMA_FILE
     if ema and not ema_path.is_file():
         raise SampleError(f"--ema: {checkpoint} has no EMA weights ({EMA_FILE}); the run was trained without "
                           "EMA or before it was saved. Use --no-ema for the trained G")
     use_ema = ema_path.is_file() if ema is None else ema
-    path = ema_path if use_ema else checkpoint / meta.get("weights", WEIGHT_FILES)["G"]
+    # fixed names: gan.json's "weights" is only a record, never a path to follow
+    path = ema_path if use_ema else checkpoint / WEIGHT_FILES["G"]
     if not path.is_file():
         raise SampleError(f"{checkpoint} has no generator weights {path.name}")
-    G.load_state_dict(load_file(str(path)))
+    try:
+        G.load_state_dict(load_file(str(path)))
+    except (SafetensorError, OSError, RuntimeError) as e:  # RuntimeError: tensors that do not fit gan.json
+        raise SampleError(f"{path} is damaged or does not match {META} ({str(e).splitlines()[0][:200]}); "
+                          "use another checkpoint") from None
     return G.to(device).eval(), use_ema
+
+
+def checkpoint_config(checkpoint):
+    """The GANConfig in a checkpoint's gan.json, checked (SampleError names what is wrong)."""
+    try:
+        return GANConfig(**read_meta(checkpoint)["gan_config"])
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise SampleError(f"{Path(checkpoint) / META} is malformed ({e.__class__.__name__}: {e}); "
+                          "use another checkpoint") from None
 
 
 def slerp(a, b, t):
@@ -146,7 +160,7 @@ def write_gif(frames, path, duration_ms=100):
 def sample(args):
     checkpoint = resolve_checkpoint(args.checkpoint)
     G, used_ema = load_generator(checkpoint, args.ema, args.device)
-    latent_dim = read_meta(checkpoint)["gan_config"]["latent_dim"]
+    latent_dim = checkpoint_config(checkpoint).latent_dim
     written = []
     if args.interpolate:
         z = latents(args.n, latent_dim, args.seed, args.truncation, walk_steps=args.steps)  # (n, steps, latent)

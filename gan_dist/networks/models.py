@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch.nn as nn
 
 ARCHS = ("mlp", "dcgan")
+MAX_MLP_PARAMS = 2**30  # the MLP G's last layer grows with the image: 4 GiB of float32 weights at most
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,16 @@ class GANConfig:
     base_width: int = 64  # DCGAN only: channels of the widest G / narrowest D layer
 
     def __post_init__(self):
+        for name, low, high in (("latent_dim", 1, 4096), ("img_size", 1, 1024), ("channels", 1, 3),
+                                ("base_width", 1, 1024)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"--{name} must be an integer from {low} to {high}, got {value!r}")
+        if self.channels == 2:
+            raise ValueError("--channels must be 1 (greyscale) or 3 (RGB), got 2")
+        if self.arch == "mlp" and 1024 * self.channels * self.img_size ** 2 > MAX_MLP_PARAMS:
+            raise ValueError(f"--arch mlp at --img_size {self.img_size} x {self.channels} channels needs more than "
+                             f"{MAX_MLP_PARAMS / 1e9:.0f}e9 parameters in G's last layer; use --arch dcgan")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.arch == "dcgan" and (self.img_size not in (32, 64, 128)):

@@ -11,71 +11,22 @@ torchvision.io, .npy without a copy); with `encoded=True` they pass JPEG bytes o
 scales them there.
 """
 import io
-import json
 import sys
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from gan_dist.names import MANIFEST
+from gan_dist.training.manifest import (  # noqa: F401 (the trainer and the bench import them from here)
+    DataError,
+    check_matches,
+    load_manifest,
+    shard_counts,
+)
 from gan_dist.training.preemption import ignore_stop_signals
 from gan_dist.training.tarstream import tar_samples
-
-
-class DataError(Exception):
-    """The training data is missing, empty or does not match the requested options."""
-
-
-def load_manifest(data, shard_url=None):
-    """Read `data/manifest.json` and return (manifest, shard URLs).
-
-    Args:
-        data: a directory written by `python -m gan_dist.shard` (or holding just its manifest.json).
-        shard_url: where the shards are, if not beside the manifest: a template in which `{file}`
-            becomes each shard's name, e.g. "pipe:aws s3 cp s3://bucket/lfw/{file} -" or
-            "https://host/lfw/{file}" (anything WebDataset opens).
-    """
-    root = Path(data).expanduser()
-    if not root.exists():
-        raise DataError(f"--data {data}: no such directory; pack one with "
-                        f"`python -m gan_dist.shard SOURCE --out {data}` (or `make shards-demo`)")
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise DataError(f"--data {data}: no {MANIFEST} (not a finished pack); (re)run "
-                        f"`python -m gan_dist.shard SOURCE --out {data}`")
-    manifest = json.loads(manifest_path.read_text())
-    shards = [s for s in manifest.get("shards", []) if s["count"] > 0]
-    if manifest.get("count", 0) == 0 or not shards:
-        raise DataError(f"--data {data}: the pack holds no images; repack it from a source with images")
-    if shard_url:
-        if "{file}" not in shard_url:
-            raise DataError(f"--shard_url {shard_url!r} has no {{file}} placeholder for the shard names")
-        return manifest, [shard_url.replace("{file}", s["file"]) for s in shards]
-    urls = [str(root / s["file"]) for s in shards]
-    missing = [u for u in urls if not Path(u).is_file()]
-    if missing:
-        raise DataError(f"--data {data}: {len(missing)} shard(s) named in {MANIFEST} are missing, "
-                        f"e.g. {missing[0]}; repack the directory, or pass --shard_url if they live elsewhere")
-    return manifest, urls
-
-
-def check_matches(manifest, img_size, channels, data, jpeg=False):
-    """Raise DataError unless the shards hold img_size x img_size x channels images (as JPEG if `jpeg`)."""
-    if (manifest["size"], manifest["channels"]) != (img_size, channels):
-        raise DataError(
-            f"--data {data} holds {manifest['size']}x{manifest['size']}x{manifest['channels']} "
-            f"images but the model was asked for --img_size {img_size} --channels {channels}; "
-            f"pass --img_size {manifest['size']} --channels {manifest['channels']} "
-            f"or repack with --size {img_size} --channels {channels}")
-    fmt = manifest.get("image_format", "png")
-    if jpeg and fmt != "jpg":
-        raise DataError(f"--decode_on_device decodes JPEG, but --data {data} holds {fmt} images; "
-                        "repack it with `python -m gan_dist.shard ... --format jpg`, or drop the flag")
-
 
 _NPY_HEADERS = {}  # a .npy header -> (image shape, values); one entry per dataset layout
 
@@ -205,11 +156,6 @@ def _skip_bad_shard(exn):
     """WebDataset handler: report an unreadable shard or truncated tar by name, go on without sleeping."""
     print(f"warning: skipping unreadable shard data: {exn!r}", file=sys.stderr)
     return True
-
-
-def shard_counts(manifest, urls):
-    """{url: images the manifest promises} for the URLs load_manifest returned."""
-    return dict(zip(urls, (s["count"] for s in manifest["shards"] if s["count"] > 0)))
 
 
 def _checked_shard_samples(src, expected):

@@ -32,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--shard_url", default=None,
                    help="shards elsewhere (object storage, HTTP): a URL with {file} for each shard name, e.g. "
                         "'pipe:aws s3 cp s3://bucket/lfw/{file} -'; --data then only needs manifest.json")
+    p.add_argument("--skip_verify", action="store_true",
+                   help="read local shards without checking them against the sha256 in manifest.json")
     p.add_argument("--arch", choices=ARCHS, default="mlp", help="mlp: the vanilla MLP pair; dcgan: conv nets")
     p.add_argument("--output_dir", default="runs/gan")
     p.add_argument("--max_train_steps", type=int, default=None, help="overrides --n_epochs when set")

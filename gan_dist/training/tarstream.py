@@ -48,7 +48,7 @@ def _number(field):
     try:
         return int(digits, 8) if digits else 0
     except ValueError:
-        raise TarFormatError(f"bad numeric field {bytes(field)!r} in a tar header") from None
+        raise TarFormatError("bad numeric field in a tar header (damaged or not a tar archive)") from None
 
 
 def _pax_records(data):

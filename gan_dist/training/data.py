@@ -196,6 +196,26 @@ def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000, expected=No
     )
 
 
+def _failure(exn):
+    """An exception from a loader -> one line: the worker's own last traceback line, else the exception."""
+    text = str(exn).strip()
+    if "Original Traceback" in text:  # re-raised from a worker: its last line names the error
+        return text.splitlines()[-1][:300]
+    return f"{type(exn).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def _loader_batches(loader):
+    """Iterate a DataLoader; a failure in it or in one of its workers becomes a DataError."""
+    try:
+        yield from loader
+    except Exception as exn:
+        failure = _failure(exn)
+    else:
+        return
+    raise DataError(f"reading the shards failed: {failure}; repack the data with `python -m gan_dist.shard`"
+                    " (or, with --shard_url, check that its command or URL works)")
+
+
 def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, skip=0,
                   pin_memory=False, expected=None, encoded=False):
     """Yield exactly `steps_per_epoch - skip` (uint8 batch, images skipped) of this rank's stream for `epoch`.
@@ -218,7 +238,7 @@ def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, s
         # An explicit generator keeps the loader from drawing from the global torch RNG,
         # which would shift every later noise sample (and break exact resume).
         generator=torch.Generator().manual_seed(seed))
-    yield from islice(loader, skip, steps_per_epoch)
+    yield from islice(_loader_batches(loader), skip, steps_per_epoch)
 
 
 def decoded_gib(manifest):
@@ -253,7 +273,7 @@ def load_into_memory(urls, num_workers=0, expected=None):
                                          worker_init_fn=ignore_stop_signals,
                                          generator=torch.Generator())  # leave the global RNG alone
     names, chunks, skipped = [], [], 0
-    for chunk_names, chunk, failed in loader:
+    for chunk_names, chunk, failed in _loader_batches(loader):
         names += chunk_names
         skipped += failed
         if chunk is not None:

@@ -137,6 +137,13 @@ def tar_members(stream):
             long_name, pax = None, {}
 
 
+def _close_quietly(stream):
+    try:
+        stream.close()
+    except Exception:  # a pipe killed mid-stream reports it here; the shard is already being given up
+        pass
+
+
 def _expand_shards(sources, handler):
     """Opened shards -> {"fname", "data", "__url__"} per member, then {} at each shard's end (as WebDataset's
     own expander, which group_by_keys expects)."""
@@ -146,12 +153,15 @@ def _expand_shards(sources, handler):
             for name, data in tar_members(stream):
                 if not _META.match(name):
                     yield {"fname": name, "data": data, "__url__": source["url"]}
+            stream.close()  # a `pipe:` command's exit status is checked here
         except Exception as exn:
+            _close_quietly(stream)
             exn.args = exn.args + (source["url"],)
             if not handler(exn):
                 break
-        finally:
-            stream.close()
+        except BaseException:  # GeneratorExit: the consumer stopped reading
+            _close_quietly(stream)
+            raise
         yield {}  # also after a damaged shard: its last member never joins the next shard's first sample
 
 

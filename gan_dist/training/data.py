@@ -6,7 +6,8 @@ of shards, and no rank runs dry before another), samples pass a shuffle buffer, 
 the loader stops after exactly `steps_per_epoch` batches on every rank. Restarting an
 epoch with the same seed replays it batch for batch, which is what resume relies on.
 Workers read the tars with gan_dist.tarstream and decode in the worker (PNG/JPEG with
-torchvision.io, .npy without a copy); with `encoded=True` they pass JPEG bytes on for
+torchvision.io, a PNG only once gan_dist.training.pngcheck has found it well-formed; .npy
+without a copy); with `encoded=True` they pass JPEG bytes on for
 `decode_on_device`. Batches stay uint8 until they reach the device; `to_device_float`
 scales them there.
 """
@@ -17,6 +18,7 @@ from itertools import islice
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from gan_dist.training.manifest import (  # noqa: F401 (the trainer and the bench import them from here)
@@ -25,6 +27,7 @@ from gan_dist.training.manifest import (  # noqa: F401 (the trainer and the benc
     load_manifest,
     shard_counts,
 )
+from gan_dist.training.pngcheck import plain_png
 from gan_dist.training.preemption import ignore_stop_signals
 from gan_dist.training.tarstream import tar_samples
 
@@ -56,10 +59,23 @@ def _decode(sample):
     """A sample -> its image: uint8 (C, H, W) tensor for PNG/JPEG, uint8 (H, W, C) numpy view for .npy."""
     if "npy" in sample:
         return _npy_array(_writable(sample["npy"]))
-    for key in ("png", "jpg", "jpeg"):
+    if "png" in sample:
+        if not plain_png(sample["png"]):
+            return _pil_decode(sample["png"])
+        return decode_image(torch.frombuffer(_writable(sample["png"]), dtype=torch.uint8))
+    for key in ("jpg", "jpeg"):
         if key in sample:
             return decode_image(torch.frombuffer(_writable(sample[key]), dtype=torch.uint8))
     raise ValueError(f"sample {sample.get('__key__')} has no image (keys: {sorted(sample)})")
+
+
+def _pil_decode(data):
+    """PNG bytes in a layout torchvision is not trusted with -> uint8 (C, H, W), greyscale or RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode not in ("L", "RGB"):
+            img = img.convert("RGB" if img.mode in ("P", "RGBA", "LA", "CMYK") else "L")
+        arr = np.array(img)
+    return torch.from_numpy(arr[:, :, None] if arr.ndim == 2 else arr).permute(2, 0, 1).contiguous()
 
 
 def _collate(images):

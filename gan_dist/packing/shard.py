@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from gan_dist.dirlock import DirectoryBusy, DirectoryLock
 from gan_dist.names import FORMATS, MANIFEST, SHARD_PATTERN, cores
 from gan_dist.packing.download import sha256_file
 from gan_dist.packing.sources import (  # noqa: F401
@@ -197,7 +198,22 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
                          version=version, retries=retries, progress=progress)
     found = SOURCES[source](opts)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise PackError(f"--out {out_dir} is a file, not a directory; pass a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = DirectoryLock(out, "gan_dist.shard")  # two packers into one directory mix their shards
+    except DirectoryBusy as e:
+        raise PackError(f"--out {e}") from None
+    except OSError as e:
+        raise PackError(f"--out {out_dir}: cannot write there ({e.strerror}); pass a directory you can write") from None
+    with lock:
+        return _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt, quality,
+                          center_crop, crops_per_image, crop_scale, seed, dedup, sha256, version, progress)
+
+
+def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt, quality, center_crop,
+               crops_per_image, crop_scale, seed, dedup, sha256, version, progress):
     (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is not a finished pack
     for leftover in out.glob(".*.partial"):  # from an interrupted pack
         leftover.unlink()

@@ -1,6 +1,7 @@
 """Stops, kills, bad data and NaN: the run stops cleanly or goes on, and nothing good is lost."""
 import json
 import os
+import shutil
 import signal
 import sys
 import tarfile
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from gan_dist.packing.download import sha256_file
 from gan_dist.packing.shard import pack
+from gan_dist.training.checkpoint import resolve_resume
 
 
 def train_cmd(data, out, *extra):
@@ -175,3 +177,17 @@ def test_bad_configuration_fails_before_work(tmp_path, digits16, case, message):
                 (data / p.name).write_bytes(p.read_bytes())
     r = finish(*launch(train_cmd(data, out, "--max_train_steps", 2)))
     assert r.returncode != 0 and message in r.stderr
+
+
+def test_resuming_an_older_checkpoint_keeps_the_new_one_and_it_is_latest(tmp_path, digits16):
+    out = tmp_path / "run"
+    r = finish(*launch(train_cmd(digits16, out, "--max_train_steps", 6, "--checkpointing_steps", 2)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    older = tmp_path / "kept" / "checkpoint-2"
+    shutil.copytree(out / "checkpoints" / "checkpoint-2", older)  # e.g. kept aside, or from another run
+    shutil.rmtree(out / "checkpoints" / "checkpoint-2")
+    r = finish(*launch(train_cmd(digits16, out, "--max_train_steps", 3, "--checkpointing_steps", 100,
+                                 "--checkpoints_total_limit", 2, "--resume_from_checkpoint", older)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert resolve_resume("latest", out).name == "checkpoint-3"

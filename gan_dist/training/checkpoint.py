@@ -8,6 +8,9 @@ an EMA of G, `optimizer.bin`/`optimizer_1.bin`,
 epoch, batch within the epoch, images seen, skipped samples). It is written to
 `.checkpoint-STEP.partial` and renamed when every rank has finished, so a directory named
 `checkpoint-STEP` is always complete; a run killed while saving leaves only the previous one.
+gan.json's `save_index` orders checkpoints by when they were written: `latest` is the last
+written and pruning removes the first written, so resuming from an older checkpoint never
+loses the new one.
 """
 import json
 import re
@@ -23,12 +26,22 @@ META = "gan.json"
 WEIGHT_FILES = {"G": "model.safetensors", "D": "model_1.safetensors"}  # order of prepare()
 
 
+def _save_index(path):
+    """The order in which a checkpoint was written (0 for one that does not say)."""
+    try:
+        index = json.loads((path / META).read_text()).get("save_index", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return index if isinstance(index, int) else 0
+
+
 def list_checkpoints(output_dir):
-    """Complete checkpoints under output_dir/checkpoints, oldest first, as (step, path)."""
+    """Complete checkpoints under output_dir/checkpoints as (step, path), in the order they were written:
+    the last is the latest even when a resume from an older checkpoint wrote a lower step after a higher one."""
     root = Path(output_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in root.glob("checkpoint-*")
+    found = [(_save_index(p), int(m.group(1)), p) for p in root.glob("checkpoint-*")
              if (m := CHECKPOINT_RE.match(p.name)) and (p / META).is_file()]
-    return sorted(found)
+    return [(step, path) for _, step, path in sorted(found)]
 
 
 def resolve_resume(resume_from, output_dir):
@@ -85,7 +98,9 @@ def save_checkpoint(accelerator, output_dir, step, gan_config, position, total_l
         if ema is not None:
             save_ema(ema, partial)
         weights = {**WEIGHT_FILES, **({"G_ema": EMA_FILE} if ema is not None else {})}
-        meta = {"global_step": step, **position, "gan_config": gan_config.to_dict(), "weights": weights}
+        save_index = 1 + max((_save_index(p) for _, p in list_checkpoints(output_dir)), default=0)
+        meta = {"global_step": step, "save_index": save_index, **position, "gan_config": gan_config.to_dict(),
+                "weights": weights}
         (partial / META).write_text(json.dumps(meta, indent=2))
         replaced = root / f".checkpoint-{step}.old"
         if final.exists():  # the same step trained again after resuming from an older checkpoint
@@ -93,7 +108,7 @@ def save_checkpoint(accelerator, output_dir, step, gan_config, position, total_l
             final.rename(replaced)
         partial.rename(final)
         shutil.rmtree(replaced, ignore_errors=True)
-        if total_limit:
+        if total_limit:  # the oldest written go; the one just written is always the newest
             for _, old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()

@@ -91,3 +91,32 @@ def test_the_packer_skips_a_png_libpng_cannot_read(tmp_path):
     (tmp_path / "src" / "good.png").write_bytes(png(np.zeros((8, 8), np.uint8)))
     m = pack("folder", tmp_path / "out", src=tmp_path / "src", size=8)
     assert m["count"] == 1 and m["skipped"]["unreadable"] == 1
+
+
+def packed_pixels(out):
+    """The first image of a pack, as a uint8 array."""
+    with tarfile.open(out / "train-000000.tar") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".png"))
+        return np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())))
+
+
+@pytest.mark.parametrize("name,make", [
+    ("grey16.png", lambda ramp: Image.fromarray((ramp.astype(np.uint16) * 257))),  # 16-bit greyscale PNG
+    ("float.tif", lambda ramp: Image.fromarray(ramp.astype(np.float32) / 255)),  # float TIFF in [0, 1]
+])
+def test_high_bit_depth_images_are_scaled_to_8_bits(tmp_path, name, make):
+    ramp = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))  # 0..240
+    (tmp_path / "src").mkdir()
+    make(ramp).save(tmp_path / "src" / name)
+    pack("folder", tmp_path / "out", src=tmp_path / "src", size=16, channels=1)
+    assert np.abs(packed_pixels(tmp_path / "out").astype(int) - ramp).max() <= 1  # not near white, not black
+
+
+def test_images_above_the_pixel_limit_are_refused_by_name(tmp_path, monkeypatch):
+    from gan_dist.packing import shard
+    (tmp_path / "src").mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "src" / "huge.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "src" / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is above it, as a 100k x 100k scan is above 2^26
+    m = shard.pack("folder", tmp_path / "out", src=tmp_path / "src", size=8)
+    assert m["count"] == 1 and m["skipped"]["unsupported"] == 1 and m["skipped_examples"] == ["huge.png"]

@@ -55,7 +55,7 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     (tmp_path / "src" / "notes.txt").write_text("ignored: not an image suffix")
     m = pack("folder", tmp_path / "out", src=tmp_path / "src", size=8, channels=3)
     assert m["count"] == 5 and m["inputs"] == 6
-    assert m["skipped"] == {"unreadable": 1, "duplicate": 0, "unsafe_path": 0, "download_failed": 0}
+    assert m["skipped"] == {"unreadable": 1, "unsupported": 0, "duplicate": 0, "unsafe_path": 0, "download_failed": 0}
     assert m["skipped_examples"] == ["broken.jpg"]
 
 

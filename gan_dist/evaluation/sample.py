@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torchvision.utils import make_grid
 
 from gan_dist.networks.models import GANConfig, build_models
-from gan_dist.training.checkpoint import META, WEIGHT_FILES, list_checkpoints, read_meta
+from gan_dist.training.checkpoint import META, WEIGHT_FILES, CheckpointError, list_checkpoints, read_meta
 from gan_dist.training.ema import EMA_FILE
 
 
@@ -100,9 +100,10 @@ def load_generator(checkpoint, ema=None, device="cpu"):
 
 def checkpoint_config(checkpoint):
     """The GANConfig in a checkpoint's gan.json, checked (SampleError names what is wrong)."""
+    config = read_meta(checkpoint)["gan_config"]  # CheckpointError if gan.json is not JSON
     try:
-        return GANConfig(**read_meta(checkpoint)["gan_config"])
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        return GANConfig(**config)
+    except (ValueError, TypeError) as e:
         raise SampleError(f"{Path(checkpoint) / META} is malformed ({e.__class__.__name__}: {e}); "
                           "use another checkpoint") from None
 
@@ -191,7 +192,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         sample(args)
-    except (SampleError, FileNotFoundError) as e:
+    except (SampleError, CheckpointError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

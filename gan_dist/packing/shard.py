@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tarfile
+import warnings
 from itertools import islice
 from multiprocessing import Pool
 from multiprocessing.dummy import Pool as ThreadPool
@@ -43,17 +44,48 @@ from gan_dist.packing.sources import (  # noqa: F401
 )
 
 MANIFEST_VERSION = 2
-SKIP_REASONS = ("unreadable", "duplicate", "unsafe_path", "download_failed")
+SKIP_REASONS = ("unreadable", "unsupported", "duplicate", "unsafe_path", "download_failed")
+MAX_PIXELS = 1 << 26  # per source image (PIL's own guard is 89M); larger ones are refused by name
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 # ---- one image: load, convert, crop, resize, encode (runs in worker processes)
 
+class Unsupported(ValueError):
+    """An image that could be read but not packed faithfully (too many pixels, an unusual sample range)."""
+
+
 def _open(image):
     if isinstance(image, np.ndarray):
-        return Image.fromarray(image)
-    with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
-        img.load()  # truncated files fail here, not later
-        return img.copy()
+        return _to_8bit(Image.fromarray(image))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # above MAX_PIXELS: refused, not decoded
+        try:
+            with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
+                img.load()  # truncated files fail here, not later
+                return _to_8bit(img.copy())
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise Unsupported(str(e)) from None
+
+
+def _to_8bit(img):
+    """16-bit and 32-bit integer and float greyscale images scaled to 8 bits (PIL's convert clips them:
+    16-bit comes out near white, floats in [0, 1] black); other modes pass as they are."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    top = arr.max() if arr.size else 0
+    if arr.size and arr.min() < 0 or not np.isfinite(top):
+        raise Unsupported(f"{img.mode} image with negative or non-finite values")
+    if img.mode == "F" and top <= 1:
+        scale = 255  # floats in [0, 1]
+    elif img.mode.startswith("I;16") or 255 < top <= 65535:
+        scale = 255 / 65535
+    elif top <= 255:
+        scale = 1
+    else:
+        raise Unsupported(f"{img.mode} image with values up to {top:g}: no known range to scale from")
+    return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8))
 
 
 def _random_square(img, content, crop, seed, scale):
@@ -78,7 +110,8 @@ def _encode(img, fmt, quality):
 
 
 def encode_image(job):
-    """Return (content hash, encoded bytes) for one image job, or None if it cannot be read.
+    """Return (content hash, encoded bytes) for one image job, or the reason it is skipped
+    ("unreadable", or "unsupported": too many pixels, or a sample range it cannot scale to 8 bits).
 
     job = (image, crop, size, channels, fmt, quality, center_crop, seed, crop_scale); `crop` is
     None for the whole image or the index of a random square crop.
@@ -100,8 +133,10 @@ def encode_image(job):
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BICUBIC)
         return content, _encode(img, fmt, quality)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+    except Unsupported:
+        return "unsupported"
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return "unreadable"
 
 
 class _ShardSink:
@@ -242,8 +277,8 @@ def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt
 
     def drain(work, result):
         for (name, label, _), res in zip(work, result.get()):
-            if res is None:
-                skip(name, "unreadable")
+            if isinstance(res, str):
+                skip(name, res)
             elif dedup and res[0] in seen:
                 skip(name, "duplicate")
             else:
@@ -342,7 +377,8 @@ def main(argv=None):
     except PackError as e:
         sys.exit(f"error: {e}")
     print(f"packed {m['count']} images ({m['size']}x{m['size']}x{m['channels']} {m['image_format']}) into "
-          f"{len(m['shards'])} shards in {out}; skipped: {_reasons(m['skipped'])}")
+          f"{len(m['shards'])} shards in {out}; skipped: {_reasons(m['skipped'])}"
+          + (f" (e.g. {', '.join(m['skipped_examples'][:5])})" if m["skipped_examples"] else ""))
     if m.get("expected_count") and m["count"] != m["expected_count"]:
         print(f"note: expected {m['expected_count']} images from this source, got {m['count']}")
     if m.get("notice"):

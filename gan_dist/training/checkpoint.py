@@ -13,11 +13,14 @@ written and pruning removes the first written, so resuming from an older checkpo
 loses the new one.
 """
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import load
+from safetensors import SafetensorError
 
 from gan_dist.training.ema import EMA_FILE, save_ema
 
@@ -65,8 +68,58 @@ def remove_partials(output_dir):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be resumed from: damaged, not trusted, or not exactly restorable."""
+
+
 def read_meta(path):
-    return json.loads((Path(path) / META).read_text())
+    """A checkpoint's gan.json as a dict (CheckpointError if it is not one)."""
+    try:
+        meta = json.loads((Path(path) / META).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{Path(path) / META} is malformed ({e.__class__.__name__}); "
+                              "use another checkpoint") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("global_step"), int) \
+            or not isinstance(meta.get("gan_config"), dict):
+        raise CheckpointError(f"{Path(path) / META} is malformed (no global_step or gan_config); "
+                              "use another checkpoint")
+    return meta
+
+
+def _check_random_states(path, rank):
+    """Raise CheckpointError unless this rank's RNG file loads: Accelerate skips a bad one silently, and the
+    resumed run would then draw other noise than the run it continues."""
+    states = Path(path) / f"random_states_{rank}.pkl"
+    try:
+        loaded = load(states)
+        ok = isinstance(loaded, dict) and {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(loaded)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no {states.name}: the resume could not be exact; "
+                              "resume from another checkpoint (or with the process count it was saved with)") from None
+    except pickle.UnpicklingError as e:
+        raise untrusted(states, e) from None
+    except Exception:  # any damage; the file's bytes are not shown
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{states} is damaged: the resume could not be exact; resume from another checkpoint")
+
+
+def untrusted(path, error):
+    why = next((line.strip()[:200] for line in str(error).splitlines() if "Unpickler error" in line), "")
+    return CheckpointError(f"{path} is not a trusted checkpoint: it holds pickled objects other than tensors and "
+                           f"plain data{f' ({why})' if why else ''}; use a checkpoint gan-dist wrote")
+
+
+def load_checkpoint(accelerator, path):
+    """accelerator.load_state(path), with every rank's RNG checked first and damage named (CheckpointError)."""
+    _check_random_states(path, accelerator.process_index)
+    try:
+        accelerator.load_state(str(path))  # safetensors, and torch.load(weights_only=True) for the rest
+    except pickle.UnpicklingError as e:
+        raise untrusted(path, e) from None
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is damaged ({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); "
+                              "resume from another checkpoint") from None
 
 
 def check_finite(modules, step):

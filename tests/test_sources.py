@@ -215,3 +215,16 @@ def test_make_shards_on_a_folder_of_jpegs_counts_the_readable_ones(tmp_path):
     m = json.loads((tmp_path / "shards" / "x" / MANIFEST).read_text())
     assert m["count"] == 2000 and m["skipped"]["unreadable"] == 5 and m["source"] == "archive"
     assert sum(s["count"] for s in m["shards"]) == 2000
+
+
+@pytest.mark.parametrize("kind", ["zip", "tgz"])
+def test_archive_members_above_the_size_cap_are_skipped_unread(tmp_path, monkeypatch, kind):
+    from gan_dist.packing import sources
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 10_000)  # stands in for 256 MiB: a zip bomb's member
+    small = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(small, "PNG")
+    members = {"a/small.png": small.getvalue(), "a/bomb.png": bytes(50_000)}
+    path = tmp_path / f"src.{kind}"
+    path.write_bytes(zip_bytes(members) if kind == "zip" else tar_bytes(members))
+    m = pack("archive", tmp_path / "out", src=path, size=8, sha256="none")
+    assert m["count"] == 1 and m["skipped"]["unsupported"] == 1 and m["skipped_examples"] == ["a/bomb.png"]

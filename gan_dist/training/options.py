@@ -1,5 +1,6 @@
 """Command-line options of `python -m gan_dist.train`, checked before any work starts."""
 import argparse
+import math
 import os
 
 from gan_dist.networks.augment import parse_policy
@@ -78,6 +79,17 @@ def parse_args(argv=None):
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        p.error(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
+    ranges = {  # name: (check, what it must be)
+        "n_cpu": (lambda v: 0 <= v <= 1024, "from 0 to 1024"), "eval_steps": (lambda v: v >= 0, ">= 0"),
+        "ddp_bucket_cap_mb": (lambda v: v >= 1, ">= 1"), "lr": (lambda v: 0 < v < math.inf, "> 0 and finite"),
+        "b1": (lambda v: 0 <= v < 1, "in [0, 1)"), "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "cache_gb": (lambda v: v >= 0, ">= 0"), "ema_kimg": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+        "max_skip_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+    for name, (ok, what) in ranges.items():
+        if not ok(getattr(args, name)):  # NaN fails every comparison
+            p.error(f"--{name} must be {what}, got {getattr(args, name)}")
     try:
         GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
         parse_policy(args.diffaug)

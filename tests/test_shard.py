@@ -1,10 +1,12 @@
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import run_module, write_images
+from conftest import ROOT, run_module, write_images
 from PIL import Image
 
 from gan_dist.dirlock import DirectoryLock
@@ -148,3 +150,12 @@ def test_out_that_is_a_file_is_an_error(tmp_path):
         pack("digits", tmp_path / "file", size=8)
     with pytest.raises(PackError, match="cannot write there"):
         pack("digits", tmp_path / "file" / "sub", size=8)
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_shard(tmp_path):
+    out = tmp_path / "out"
+    # a 100 kB file size limit: writes beyond it fail as they would on a full disk
+    r = subprocess.run(["prlimit", "--fsize=100000", sys.executable, "-m", "gan_dist.shard", "digits", "--out", out,
+                        "--size", "16", "--workers", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("error: writing to --out") and "Traceback" not in r.stderr
+    assert not list(out.glob(".*.partial")) and not (out / MANIFEST).exists()

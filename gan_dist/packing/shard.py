@@ -243,8 +243,14 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
     except OSError as e:
         raise PackError(f"--out {out_dir}: cannot write there ({e.strerror}); pass a directory you can write") from None
     with lock:
-        return _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt, quality,
-                          center_crop, crops_per_image, crop_scale, seed, dedup, sha256, version, progress)
+        try:
+            return _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt, quality,
+                              center_crop, crops_per_image, crop_scale, seed, dedup, sha256, version, progress)
+        except OSError as e:  # a full disk, a quota, a file size limit: the partial files are gone by now
+            for leftover in out.glob(".*.partial"):
+                leftover.unlink(missing_ok=True)
+            raise PackError(f"writing to --out {out_dir} failed ({e.strerror or e}); nothing half-written is "
+                            "left there: free space and pack again") from None
 
 
 def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt, quality, center_crop,

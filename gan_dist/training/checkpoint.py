@@ -145,16 +145,24 @@ def save_checkpoint(accelerator, output_dir, step, gan_config, position, total_l
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if ema is not None:
+                save_ema(ema, partial)
+            weights = {**WEIGHT_FILES, **({"G_ema": EMA_FILE} if ema is not None else {})}
+            save_index = 1 + max((_save_index(p) for _, p in list_checkpoints(output_dir)), default=0)
+            meta = {"global_step": step, "save_index": save_index, **position, "gan_config": gan_config.to_dict(),
+                    "weights": weights}
+            (partial / META).write_text(json.dumps(meta, indent=2))
+    except (OSError, RuntimeError) as e:  # a full disk or quota (torch.save reports it as a RuntimeError)
+        shutil.rmtree(partial, ignore_errors=True)
+        last = list_checkpoints(output_dir)
+        raise CheckpointError(f"writing checkpoint-{step} failed ({str(e).splitlines()[0][:200]}); "
+                              + (f"{last[-1][1].name} is kept: free space and resume with --resume_from_checkpoint "
+                                 "latest" if last else "no checkpoint was kept: free space and start again")) from None
     if accelerator.is_main_process:
-        if ema is not None:
-            save_ema(ema, partial)
-        weights = {**WEIGHT_FILES, **({"G_ema": EMA_FILE} if ema is not None else {})}
-        save_index = 1 + max((_save_index(p) for _, p in list_checkpoints(output_dir)), default=0)
-        meta = {"global_step": step, "save_index": save_index, **position, "gan_config": gan_config.to_dict(),
-                "weights": weights}
-        (partial / META).write_text(json.dumps(meta, indent=2))
         replaced = root / f".checkpoint-{step}.old"
         if final.exists():  # the same step trained again after resuming from an older checkpoint
             shutil.rmtree(replaced, ignore_errors=True)

@@ -164,3 +164,10 @@ def check_matches(manifest, img_size, channels, data, jpeg=False):
 def shard_counts(manifest, urls):
     """{url: images the manifest promises} for the URLs load_manifest returned."""
     return dict(zip(urls, (s["count"] for s in manifest["shards"] if s["count"] > 0)))
+
+
+def check_batch(manifest, global_batch, data):
+    """Raise DataError if one step would need more images than the pack holds."""
+    if global_batch > manifest["count"]:
+        raise DataError(f"--data {data} holds {manifest['count']} images, fewer than one global batch of "
+                        f"{global_batch} (--batch_size x processes); lower --batch_size")

@@ -111,8 +111,8 @@ def test_kill_9_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, digit
     assert not list((out / "checkpoints").glob(".checkpoint-*.partial"))  # a stale partial is cleared by saving
 
 
-def make_damaged_shards(root):
-    """lfw-subset at 8 px in 4 shards; shard 1 gets a corrupt PNG, shard 2 is cut in half."""
+def make_damaged_shards(root, truncate=True):
+    """lfw-subset at 8 px in 4 shards; shard 1 gets a corrupt PNG, shard 2 is cut in half (if `truncate`)."""
     m = pack("lfw-subset", root, size=8, channels=1, shard_size=25)
     assert len(m["shards"]) == 4
     one = root / "train-000001.tar"
@@ -125,7 +125,8 @@ def make_damaged_shards(root):
                 info.size = len(data)
             tar.addfile(info, __import__("io").BytesIO(data))
     two = root / "train-000002.tar"
-    two.write_bytes(two.read_bytes()[: two.stat().st_size // 2])
+    if truncate:
+        two.write_bytes(two.read_bytes()[: two.stat().st_size // 2])
     # damage the packer wrote itself (the manifest's sha256 agrees), so it reaches the reader
     for shard in m["shards"]:
         shard["sha256"] = sha256_file(root / shard["file"])

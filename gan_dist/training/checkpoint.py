@@ -156,7 +156,7 @@ def save_checkpoint(accelerator, output_dir, step, gan_config, position, total_l
             meta = {"global_step": step, "save_index": save_index, **position, "gan_config": gan_config.to_dict(),
                     "weights": weights}
             (partial / META).write_text(json.dumps(meta, indent=2))
-    except (OSError, RuntimeError) as e:  # a full disk or quota (torch.save reports it as a RuntimeError)
+    except (OSError, RuntimeError, SafetensorError) as e:  # a full disk or quota, as each writer reports it
         shutil.rmtree(partial, ignore_errors=True)
         last = list_checkpoints(output_dir)
         raise CheckpointError(f"writing checkpoint-{step} failed ({str(e).splitlines()[0][:200]}); "

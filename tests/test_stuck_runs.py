@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, finish, launch
+from conftest import ROOT, finish, launch, run_torchrun
 from PIL import Image
 
 from gan_dist.packing.download import sha256_file
@@ -96,3 +96,11 @@ def test_a_stop_signal_ends_a_stuck_process_after_the_grace_period():
         proc.kill()
     assert proc.returncode == 143 and "no training step finished in the 1 s after it" in err
     assert time.monotonic() - start < 10
+
+
+def test_a_data_failure_on_one_rank_ends_both_ranks(tmp_path, digits16):
+    # rank 1's shard command fails; rank 0 reads its data and would wait for rank 1 in the first all-reduce
+    r = run_torchrun(["--cpu", "--data", digits16, "--img_size", 16, "--channels", 1, "--batch_size", 16,
+                      "--n_cpu", 1, "--max_train_steps", 30, "--output_dir", tmp_path / "run", "--report_to", "none",
+                      "--shard_url", f'pipe:test "$RANK" = 1 && exit 3; cat {digits16}/{{file}}'], timeout=120)
+    assert r.returncode != 0 and "error: none of the 1797 images in the shards could be decoded" in r.stderr

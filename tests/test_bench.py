@@ -110,11 +110,10 @@ def test_vanilla_loop_trains_on_an_image_folder(tmp_path, capsys):
 def test_read_metrics_skips_warmup_and_weights_intervals(tmp_path):
     rows = [{"step": 10, "sec_per_step": 9.0, "data_wait": 0.9, "global_batch": 64, "gpu_mem_gb": 1.0},
             {"step": 20, "sec_per_step": 0.1, "data_wait": 0.1, "global_batch": 64, "gpu_mem_gb": 2.0},
-            {"step": 20, "fid10k": 99.0},
             {"step": 25, "sec_per_step": 0.2, "data_wait": 0.4, "global_batch": 64, "gpu_mem_gb": 1.5}]
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    got = bench_step.read_metrics(path, warmup=10)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"step": 20, "fid10k": 99.0}) + "\n")  # not read
+    got = bench_step.read_metrics(tmp_path, warmup=10)
     assert got["steps"] == 15
     assert got["images_per_s"] == pytest.approx(15 * 64 / (10 * 0.1 + 5 * 0.2))
     assert got["data_wait"] == pytest.approx((0.1 * 1.0 + 0.4 * 1.0) / 2.0)

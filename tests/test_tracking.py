@@ -1,12 +1,14 @@
 """Trackers, metrics.jsonl, progress lines and the summary page, read back from real files."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 from conftest import ROOT, run_torchrun, train_rows
 from PIL import Image
-from wandb_records import read_run
+from wandb_records import read_run, run_id
 
 
 def train(data, out, *extra, env_update=None, drop=("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_PROJECT")):
@@ -96,3 +98,55 @@ def test_summary_cli(tmp_path, digits16):
     bad = subprocess.run([sys.executable, "-m", "gan_dist.summary", str(tmp_path)], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert bad.returncode != 0 and "no metrics.jsonl" in bad.stderr
+
+
+def parts(out):
+    """(run id, logged training steps) of each offline W&B run directory, in the order they were written."""
+    found = []
+    for run_dir in offline_runs(out):
+        path = next(run_dir.glob("run-*.wandb"))
+        history, _ = read_run(path)
+        found.append((run_id(path), [row["_step"] for row in history if "loss_D" in row]))
+    return found
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, digits16):
+    out = tmp_path / "run"
+    r = train(digits16, out, "--report_to", "wandb", "--max_train_steps", 4, "--checkpointing_steps", 4)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = train(digits16, out, "--report_to", "wandb", "--max_train_steps", 8, "--checkpointing_steps", 4,
+              "--resume_from_checkpoint", "latest")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (first, steps1), (second, steps2) = parts(out)
+    stored = (out / "wandb_run_id.txt").read_text().strip()
+    assert first == second == stored and steps1 == [2, 4] and steps2 == [6, 8]
+    meta = json.loads((out / "checkpoints" / "checkpoint-8" / "gan.json").read_text())
+    assert meta["wandb_run_id"] == stored
+
+
+def test_wandb_run_id_from_the_environment_and_from_the_checkpoint(tmp_path, digits16):
+    out = tmp_path / "run"
+    r = train(digits16, out, "--report_to", "wandb", "--max_train_steps", 2, env_update={"WANDB_RUN_ID": "mine123"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [rid for rid, _ in parts(out)] == ["mine123"]
+    # a checkpoint copied into a new run directory carries its W&B run with it
+    moved = tmp_path / "moved"
+    (moved / "checkpoints").mkdir(parents=True)
+    shutil.copytree(out / "checkpoints" / "checkpoint-2", moved / "checkpoints" / "checkpoint-2")
+    r = train(digits16, moved, "--report_to", "wandb", "--max_train_steps", 4, "--resume_from_checkpoint", "latest")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [rid for rid, _ in parts(moved)] == ["mine123"]
+
+
+def test_two_ranks_resume_into_one_wandb_run(tmp_path, digits16):
+    out = tmp_path / "run"
+    env = {"HOME": str(tmp_path / "home")}  # no credentials: offline
+    common = ["--cpu", "--data", digits16, "--img_size", 16, "--channels", 1, "--batch_size", 16, "--n_cpu", 0,
+              "--output_dir", out, "--log_steps", 2, "--checkpointing_steps", 2, "--report_to", "wandb"]
+    r = run_torchrun([*common, "--max_train_steps", 2], env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_torchrun([*common, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"], env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (first, steps1), (second, steps2) = parts(out)
+    assert first == second == (out / "wandb_run_id.txt").read_text().strip()
+    assert steps1 == [2] and steps2 == [4]

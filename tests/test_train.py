@@ -148,8 +148,10 @@ def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):
                    env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "training goes on without FID/KID" in r.stdout
-    colour = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "gap_contrast" in line]
+    colour = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [row["step"] for row in colour] == [2, 4]
+    assert [row["step"] for row in rows(out)] == [2, 4] and all("loss_D" in row for row in rows(out))
+    assert not (out / "eval.jsonl").exists()  # FID/KID skipped: no evaluation rows
     assert all(row["real_contrast"] > 0.2 and row["gen_saturation"] == 0 for row in colour)  # grey digits
     ckpt = out / "checkpoints" / "checkpoint-4"
     assert json.loads((ckpt / "gan.json").read_text())["weights"]["G_ema"] == "G_ema.safetensors"

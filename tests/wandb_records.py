@@ -33,6 +33,16 @@ def iter_raw(path):
             buf = b""
 
 
+def run_id(path):
+    """The run id a run-*.wandb file was written for."""
+    for raw in iter_raw(path):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "run":
+            return record.run.run_id
+    return None
+
+
 def read_run(path):
     """Return (history rows, config dict) from a run-*.wandb file."""
     history, config = [], {}

@@ -112,7 +112,7 @@ def _to_device(device):
 
 def tar_rate(shard_dir, seconds, reader):
     """Samples/s of reading shards into samples, nothing decoded, in this process: `reader` is "ours"
-    (gan_dist.tarstream) or "webdataset" (its tarfile-based reader)."""
+    (gan_dist.training.tarstream) or "webdataset" (its tarfile-based reader)."""
     _, urls = load_manifest(shard_dir)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -196,7 +196,7 @@ def data_cases(shard_dirs, vanilla_folders, seconds, channels=3, device=None):
         for reader in ("webdataset", "ours"):
             cases[f"data/tar_{reader}_{size}"] = {
                 "images_per_s": tar_rate(first, seconds, reader), "cores": 1,
-                "what": f"tar -> samples, no decoding ({'gan_dist.tarstream' if reader == 'ours' else 'tarfile'})"}
+                "what": f"tar -> samples, no decoding ({'gan_dist.training.tarstream' if reader == 'ours' else 'tarfile'})"}
         rate, load_s = memory_rate(first, seconds, device=device)
         cases[f"data/memory_{size}"] = {"images_per_s": rate, "cores": 1, "load_s": load_s,
                                         "what": f"in memory, an index per batch, {ends}"}

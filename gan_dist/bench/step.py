@@ -5,7 +5,7 @@ our models and losses with the trainer's Adam, batches indexed from a tensor in 
 no Accelerate and no WebDataset: the trainer's images/s over the bare loop's is what our
 machinery costs. This module's own entry point runs the bare loop:
 
-    python -m gan_dist.bench_step --data shards/bench64 --steps 100 --warmup 20 [--cpu] [--mixed_precision bf16]
+    python -m gan_dist.bench.step --data shards/bench64 --steps 100 --warmup 20 [--cpu] [--mixed_precision bf16]
 """
 import argparse
 import contextlib
@@ -15,9 +15,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from gan_dist.training.tracking import read_log
 
 BATCH = 64  # the vanilla recipe's --batch_size
 
@@ -40,10 +41,9 @@ def trainer_flags():
     return {word.strip("[],") for word in res.stdout.split() if word.startswith(("--", "[--"))} - {""}
 
 
-def read_metrics(path, warmup):
-    """Sum up metrics.jsonl rows after step `warmup`: images/s, data-wait fraction, peak GPU memory."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    rows = [row for row in rows if "sec_per_step" in row]  # not the rows of evaluations or image statistics
+def read_metrics(run_dir, warmup):
+    """Sum up a run's training rows after step `warmup`: images/s, data-wait fraction, peak GPU memory."""
+    rows = read_log(run_dir)
     prev, images, seconds, wait, mem, steps = 0, 0.0, 0.0, 0.0, None, 0
     for row in rows:
         n = row["step"] - prev
@@ -58,7 +58,7 @@ def read_metrics(path, warmup):
         if "gpu_mem_gb" in row:
             mem = max(mem or 0.0, row["gpu_mem_gb"])
     if not seconds:
-        raise RuntimeError(f"{path}: no rows after the {warmup} warm-up steps")
+        raise RuntimeError(f"{run_dir}: no training rows after the {warmup} warm-up steps")
     out = {"images_per_s": images / seconds, "data_wait": wait / seconds, "steps": steps}
     if mem is not None:
         out["gpu_mem_gb"] = mem
@@ -77,7 +77,7 @@ def trainer_case(shard_dir, img_size, channels, steps, warmup, out_dir, cpu=True
            "--log_steps", warmup, "--checkpointing_steps", total + 1, "--sample_interval", total + 1,
            "--checkpoints_total_limit", 1, *(["--cpu"] if cpu else []), *extra]
     _run(cmd, timeout)
-    return read_metrics(Path(out_dir) / "metrics.jsonl", warmup)
+    return read_metrics(out_dir, warmup)
 
 
 def vanilla_case(image_folder, img_size, channels, steps, warmup, out_dir, timeout=1800):
@@ -91,7 +91,7 @@ def vanilla_case(image_folder, img_size, channels, steps, warmup, out_dir, timeo
 
 def bare_case(shard_dir, steps, warmup, cpu=True, mixed_precision="no", timeout=1800):
     """Run the bare PyTorch loop (this module's main) in a fresh process."""
-    res = _run([sys.executable, "-m", "gan_dist.bench_step", "--data", shard_dir, "--steps", steps,
+    res = _run([sys.executable, "-m", "gan_dist.bench.step", "--data", shard_dir, "--steps", steps,
                 "--warmup", warmup, "--mixed_precision", mixed_precision, *(["--cpu"] if cpu else [])], timeout)
     return _last_json(res.stdout)
 
@@ -153,7 +153,7 @@ def _sync(device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gan_dist.bench_step", description="the bench's bare PyTorch loop")
+    p = argparse.ArgumentParser(prog="python -m gan_dist.bench.step", description="the bench's bare PyTorch loop")
     p.add_argument("--data", required=True, help="shard directory")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=20)

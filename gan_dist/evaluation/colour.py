@@ -67,15 +67,14 @@ class DriftTracker:
     Args:
         keys: statistics to watch (names from `colour_stats`).
         patience: consecutive growths that trigger a warning (and every further growth warns again).
-        min_delta: growth smaller than this does not count (noise between evaluations).
 
     Keeps `state_dict`/`load_state_dict`, so it can be registered for checkpointing.
     """
 
-    def __init__(self, keys=("saturation", "contrast"), patience=3, min_delta=0.0):
+    def __init__(self, keys=("saturation", "contrast"), patience=3):
         if patience < 1:
             raise ValueError(f"patience must be >= 1, got {patience}")
-        self.keys, self.patience, self.min_delta = tuple(keys), patience, min_delta
+        self.keys, self.patience = tuple(keys), patience
         self.history = {k: [] for k in self.keys}  # (step, signed gap) of the current streak
 
     def update(self, row, step):
@@ -91,7 +90,7 @@ class DriftTracker:
             if gap is None:
                 continue
             hist = self.history[key]
-            if hist and abs(gap) <= abs(hist[-1][1]) + self.min_delta:
+            if hist and abs(gap) <= abs(hist[-1][1]):
                 hist.clear()  # the streak is broken; this evaluation starts a new one
             hist.append((step, gap))
             growths = len(hist) - 1

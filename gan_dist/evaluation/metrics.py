@@ -47,8 +47,6 @@ INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2
 INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 INCEPTION_BYTES = 95_628_359
 WEIGHTS_ENV = "GAN_DIST_INCEPTION_WEIGHTS"
-# torchmetrics' `antialias` flag: False = torch-fidelity's TF1-compatible bilinear (the published protocol)
-RESIZE_MODES = {"tf1-bilinear": False, "bilinear-antialias": True}
 
 
 class MetricUnavailable(Exception):
@@ -99,26 +97,25 @@ def inception_weights(path=None, cache_dir=None, urls=(INCEPTION_URL,), sha256=I
 class InceptionFeatures(nn.Module):
     """2048-d pool features of torchmetrics' NoTrainInceptionV3 (torch-fidelity's TF-compatible Inception)."""
 
-    def __init__(self, weights, resize="tf1-bilinear"):
+    resize = "tf1-bilinear"  # torch-fidelity's TF1-compatible resize, the published protocol
+
+    def __init__(self, weights):
         super().__init__()
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
         from torchmetrics.image.fid import NoTrainInceptionV3
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                      feature_extractor_weights_path=str(weights), antialias=RESIZE_MODES[resize])
-        self.resize = resize
+                                      feature_extractor_weights_path=str(weights), antialias=False)
         self.extractor_id = f"inception-v3-compat-{sha256_file(weights)[:8]}"
 
     def forward(self, images):  # uint8 (B, 3, H, W) -> (B, 2048), resized to 299x299 inside
         return self.net(images)
 
 
-def load_inception(weights=None, cache_dir=None, resize="tf1-bilinear", **fetch_kwargs):
+def load_inception(weights=None, cache_dir=None, **fetch_kwargs):
     """InceptionFeatures from `inception_weights(weights, cache_dir, ...)`; raises MetricUnavailable."""
-    return InceptionFeatures(inception_weights(weights, cache_dir, **fetch_kwargs), resize)
+    return InceptionFeatures(inception_weights(weights, cache_dir, **fetch_kwargs))
 
 
-def inception_for_run(accelerator, weights=None, cache_dir=None, resize="tf1-bilinear", **fetch_kwargs):
+def inception_for_run(accelerator, weights=None, cache_dir=None, **fetch_kwargs):
     """Load Inception on every rank (one download per node); return (extractor, None) or (None, message).
 
     Every rank must call it: ranks agree (one gather) so that either all evaluate or none does.
@@ -126,14 +123,14 @@ def inception_for_run(accelerator, weights=None, cache_dir=None, resize="tf1-bil
     extractor, message = None, None
     with accelerator.local_main_process_first():
         try:
-            extractor = load_inception(weights, cache_dir, resize,
+            extractor = load_inception(weights, cache_dir,
                                        progress=accelerator.is_local_main_process, **fetch_kwargs)
         except MetricUnavailable as e:
             message = str(e)
     ok = accelerator.gather(torch.tensor([int(extractor is not None)], device=accelerator.device))
     if not bool(ok.all()):
         why = message or "another rank could not load the Inception weights"
-        return None, f"{why}; training goes on without FID/KID"
+        return None, why
     return extractor.to(accelerator.device), None
 
 

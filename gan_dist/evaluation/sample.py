@@ -10,6 +10,7 @@ when the checkpoint has them, unless --no-ema; --ema insists on them.
 """
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -30,7 +31,8 @@ class SampleError(Exception):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="gan_dist.sample", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a checkpoint-STEP directory, or a run directory (its latest)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint-STEP directory, a run directory (its latest), "
+                   "a folder from `python -m gan_dist.export`, or a Hub id (hf://user/name or user/name)")
     p.add_argument("--n", type=int, default=64, help="images (with --interpolate: walks)")
     p.add_argument("--grid", default=None, help="write a grid to this .png (or .gif with --interpolate)")
     p.add_argument("--out_dir", default=None, help="write one PNG per image into this directory")
@@ -68,7 +70,7 @@ def resolve_checkpoint(path):
     if found:
         return found[-1][1]
     raise SampleError(f"--checkpoint {path}: neither a checkpoint (no {META}) nor a run directory with "
-                      "checkpoints/checkpoint-STEP inside")
+                      "checkpoints/checkpoint-STEP inside, nor an exported model (config.json)")
 
 
 def load_generator(checkpoint, ema=None, device="cpu"):
@@ -106,6 +108,33 @@ def checkpoint_config(checkpoint):
     except (ValueError, TypeError) as e:
         raise SampleError(f"{Path(checkpoint) / META} is malformed ({e.__class__.__name__}: {e}); "
                           "use another checkpoint") from None
+
+
+def is_hub_model(spec):
+    """An exported model folder (config.json, no gan.json), `hf://user/name`, or `user/name` that is no local path."""
+    path = Path(spec)
+    if str(spec).startswith("hf://"):
+        return True
+    if path.exists():
+        return (path / "config.json").is_file() and not (path / META).is_file()
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", str(spec)) is not None
+
+
+def open_generator(spec, ema=None, device="cpu"):
+    """G from a checkpoint, a run directory, an exported folder or a Hub id: (source, G, used EMA, latent_dim)."""
+    if not is_hub_model(spec):
+        checkpoint = resolve_checkpoint(spec)
+        G, used_ema = load_generator(checkpoint, ema, device)
+        return checkpoint, G, used_ema, checkpoint_config(checkpoint).latent_dim
+    try:
+        from gan_dist.networks.hub import HubError, load_exported
+    except ImportError as e:
+        raise SampleError(f"--checkpoint {spec} is a Hugging Face model, which needs {e.name}: "
+                          "pip install 'gan-dist[hf]'") from None
+    try:
+        return load_exported(spec, ema, device)
+    except HubError as e:
+        raise SampleError(str(e)) from None
 
 
 def slerp(a, b, t):
@@ -159,9 +188,7 @@ def write_gif(frames, path, duration_ms=100):
 
 
 def sample(args):
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    G, used_ema = load_generator(checkpoint, args.ema, args.device)
-    latent_dim = checkpoint_config(checkpoint).latent_dim
+    checkpoint, G, used_ema, latent_dim = open_generator(args.checkpoint, args.ema, args.device)
     written = []
     if args.interpolate:
         z = latents(args.n, latent_dim, args.seed, args.truncation, walk_steps=args.steps)  # (n, steps, latent)

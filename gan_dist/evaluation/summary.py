@@ -8,7 +8,6 @@ without W&B. The trainer writes it at the end of every run.
 import argparse
 import base64
 import html
-import json
 import sys
 from pathlib import Path
 
@@ -18,17 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-
-def read_metrics(run_dir):
-    """Rows of metrics.jsonl in step order, the rows of one step merged (a resumed run's repeat wins)."""
-    by_step = {}
-    path = Path(run_dir) / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                by_step.setdefault(row["step"], {}).update(row)
-    return [by_step[s] for s in sorted(by_step)]
+from gan_dist.training.tracking import TRAIN_LOG, read_log  # noqa: E402
 
 
 def sample_grids(run_dir, max_grids=6):
@@ -47,8 +36,7 @@ def _step_of(path):
 def write_summary(run_dir, max_grids=6):
     """Write RUN_DIR/summary.png and RUN_DIR/summary.html; return their paths."""
     run_dir = Path(run_dir)
-    rows, grids = read_metrics(run_dir), sample_grids(run_dir, max_grids)
-    rows = [r for r in rows if "loss_D" in r]  # training rows (colour and evaluation rows have their own steps)
+    rows, grids = read_log(run_dir, "train"), sample_grids(run_dir, max_grids)
     x = [r.get("kimg", r["step"]) for r in rows]
     x_label = "kimg (thousands of images seen)" if rows and "kimg" in rows[0] else "step"
 
@@ -95,8 +83,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m gan_dist.summary", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="a run directory (--output_dir of a training run)")
     args = p.parse_args(argv)
-    if not (Path(args.run_dir) / "metrics.jsonl").is_file():
-        sys.exit(f"error: {args.run_dir} has no metrics.jsonl; pass the --output_dir of a training run")
+    if not (Path(args.run_dir) / TRAIN_LOG).is_file():
+        sys.exit(f"error: {args.run_dir} has no {TRAIN_LOG}; pass the --output_dir of a training run")
     for path in write_summary(args.run_dir):
         print(path)
 

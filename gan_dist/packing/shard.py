@@ -5,11 +5,12 @@
     python -m gan_dist.shard anime  --out shards/anime --size 64 --channels 3
     python -m gan_dist.shard lol    --out shards/lol --size 128 --channels 3 --crops_per_image 4 --seed 0
     python -m gan_dist.shard archive --src ~/faces.zip --out shards/mine --size 128 --channels 3
+    python -m gan_dist.shard hf --dataset user/name --split train --image_column image --out shards/x --size 32
 
 Every image is converted to `--channels` (1 = greyscale, 3 = RGB), optionally cropped
 (`--center_crop`, or seeded random crops), resized to `--size` x `--size` and stored as
 lossless PNG under the key `png` (or `--format jpg` / `npy`; label, when the source has
-one, under `cls`). Downloads are cached and checked (gan_dist.download). Shards are
+one, under `cls`). Downloads are cached and checked (gan_dist.packing.download). Shards are
 written under a temporary name and renamed when complete; manifest.json is written last,
 so a directory with a manifest is a finished pack. No torch here.
 """
@@ -95,11 +96,11 @@ def _batches(iterable, n):
 
 def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, workers=1, *, fmt="png", quality=95,
          center_crop=None, crops_per_image=None, crop_scale=(0.5, 1.0), seed=0, dedup=None, sha256=None,
-         cache_dir=None, version=None, retries=5, progress=False):
+         cache_dir=None, version=None, retries=5, progress=False, dataset=None, split="train", image_column=None):
     """Pack `source` into WebDataset shards under `out_dir` and write its manifest.
 
     Args:
-        source: a key of SOURCES ("digits", "lfw-subset", "folder", "archive", "lfw", "anime", "lol").
+        source: a key of SOURCES ("digits", "lfw-subset", "folder", "archive", "lfw", "anime", "lol", "hf").
         out_dir: destination directory; created if missing. An earlier pack there is replaced.
         src: input folder, archive or URL (replaces a downloading source's mirrors).
         size: output images are size x size.
@@ -113,10 +114,13 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
         seed: seed of the random crops.
         dedup: drop images whose pixels repeat an earlier one. Default: on for "anime" and "lol".
         sha256: expected digest of the download (replaces the published one; "none" skips the check).
-        cache_dir: download cache; default $XDG_CACHE_HOME/gan-dist.
+        cache_dir: download cache; default $XDG_CACHE_HOME/gan-dist (for "hf": the datasets cache, default theirs).
         version: Data Dragon version for "lol" ("latest" or e.g. "16.1.1").
         retries: download attempts per mirror.
         progress: show progress bars.
+        dataset: for "hf": a Hub dataset name, a parquet file or folder, an image folder or a save_to_disk folder.
+        split: for "hf": the split to pack.
+        image_column: for "hf": the column of images; default the dataset's only image column.
 
     Returns:
         The manifest as a dict.
@@ -134,8 +138,11 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
                         f"({'/'.join(FORMATS)}), --quality {quality} (1-100), --center_crop {center_crop} (>=0), "
                         f"--crops_per_image {crops_per_image} (>=0), --crop_scale {crop_scale} (0 < lo <= hi <= 1), "
                         f"--retries {retries} (>=1)")
+    if source != "hf" and (dataset or image_column):
+        raise PackError(f"--dataset and --image_column are for source hf, not {source!r}")
     opts = SourceOptions(src=None if src is None else str(src), sha256=sha256, cache_dir=cache_dir,
-                         version=version, retries=retries, progress=progress)
+                         version=version, retries=retries, progress=progress, dataset=dataset, split=split,
+                         image_column=image_column)
     found = SOURCES[source](opts)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -264,7 +271,8 @@ def main(argv=None):
                    help="input folder, .tgz/.tar/.zip or URL; for lfw/anime/lol it replaces the default "
                         "mirrors (lol: a Data Dragon base URL or a local copy of its layout)")
     p.add_argument("--sha256", default=None, help="expected sha256 of the download ('none': do not check)")
-    p.add_argument("--cache_dir", default=None, help="download cache (default $XDG_CACHE_HOME/gan-dist)")
+    p.add_argument("--cache_dir", default=None,
+                   help="download cache (default $XDG_CACHE_HOME/gan-dist; hf: the datasets cache, default theirs)")
     p.add_argument("--size", type=int, default=32, help="output width and height in pixels")
     p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 greyscale, 3 RGB")
     p.add_argument("--center_crop", type=int, default=None, help="crop the central N x N before resizing")
@@ -275,6 +283,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the random crops")
     p.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None,
                    help="drop repeated images (default on for anime and lol)")
+    p.add_argument("--dataset", default=None,
+                   help="hf: a Hub dataset (user/name), a parquet file or folder, an image folder or a "
+                        "save_to_disk folder; needs pip install 'gan-dist[hf]'")
+    p.add_argument("--split", default="train", help="hf: the split to pack")
+    p.add_argument("--image_column", default=None, help="hf: the column of images (default: the only one)")
     p.add_argument("--version", default=None, help="Data Dragon version for lol ('latest' or e.g. 16.1.1)")
     p.add_argument("--format", dest="fmt", default="png", choices=sorted(FORMATS), help="storage format")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality for --format jpg")

@@ -62,6 +62,9 @@ class SourceOptions:
     version: str | None = None
     retries: int = 5
     progress: bool = False
+    dataset: str | None = None  # hf: a Hub dataset name or a local path
+    split: str = "train"
+    image_column: str | None = None  # None: the dataset's only image column
 
 
 @dataclass
@@ -208,6 +211,14 @@ def read_anime(opts):
     return _archive_source(opts, "anime-faces-data.zip", ANIME_URLS, ANIME_SHA256, expected=21551)
 
 
+# ---- Hugging Face datasets
+
+def read_hf(opts):
+    """A split of a Hugging Face dataset (`--dataset`, `--split`, `--image_column`); needs `datasets`."""
+    from gan_dist.packing.hf_datasets import read_hf as read  # here: that module imports this one
+    return read(opts)
+
+
 # ---- League of Legends splash art from Data Dragon
 
 class _Dragon:
@@ -287,5 +298,6 @@ def read_lol(opts):
 
 SOURCES = {"digits": read_digits, "lfw-subset": read_lfw_subset, "folder": read_folder, "archive": read_archive,
            "lfw": read_lfw, "anime": read_anime, "lol": read_lol}
+SOURCES["hf"] = read_hf
 # per-source defaults for options left unset
 DEFAULTS = {"anime": {"dedup": True}, "lol": {"dedup": True, "crops_per_image": 4}}

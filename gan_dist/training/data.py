@@ -5,7 +5,7 @@ resampled with replacement (so any number of ranks and workers works with any nu
 of shards, and no rank runs dry before another), samples pass a shuffle buffer, and
 the loader stops after exactly `steps_per_epoch` batches on every rank. Restarting an
 epoch with the same seed replays it batch for batch, which is what resume relies on.
-Workers read the tars with gan_dist.tarstream and decode in the worker (PNG/JPEG with
+Workers read the tars with gan_dist.training.tarstream and decode in the worker (PNG/JPEG with
 torchvision.io, a PNG only once gan_dist.training.pngcheck has found it well-formed; .npy
 without a copy); with `encoded=True` they pass JPEG bytes on for
 `decode_on_device`. Batches stay uint8 until they reach the device; `to_device_float`
@@ -264,7 +264,7 @@ def decoded_gib(manifest):
 
 def _keyed_chunks(src, size=256):
     """Samples -> ([(url, key)], their images as one uint8 tensor, samples that failed) per `size` samples:
-    one tensor crosses from a worker per chunk (each tensor passed costs a file descriptor and ~1 ms)."""
+    one tensor crosses from a worker per chunk (each tensor passed costs a file descriptor and a round trip)."""
     names, images, failed = [], [], 0
     for sample in src:
         img = _decode_or_none(sample)

@@ -73,7 +73,7 @@ def update(G_ema, G, global_batch, ema_kimg=10.0, num_imgs_seen=None, ema_rampup
     """
     beta = ema_beta(global_batch, ema_kimg, num_imgs_seen, ema_rampup)
     params_ema, params, buffers_ema, buffers = _pairs(G_ema, G)
-    # one multi-tensor in-place pass: p_ema += (1 - beta) * (p - p_ema); 7x faster than a lerp and copy per tensor
+    # one multi-tensor in-place pass: p_ema += (1 - beta) * (p - p_ema)
     torch._foreach_lerp_(params_ema, params, 1.0 - beta)
     for b_ema, b in zip(buffers_ema, buffers):
         b_ema.copy_(b)

@@ -41,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_samples", type=int, default=25, help="images in each fixed-noise grid (5x5)")
     # EMA, augmentation, evaluation
+    p.add_argument("--ema_rampup", type=float, default=None,
+                   help="grow G_ema's half-life with training: at most this fraction of the images seen so far "
+                        "(StyleGAN2-ADA uses 0.05); off by default")
     p.add_argument("--ema_kimg", type=float, default=10.0,
                    help="half-life of G's moving average (G_ema, used for samples and metrics) in thousands "
                         "of images; 0 turns it off")
@@ -90,6 +93,8 @@ def parse_args(argv=None):
     for name, (ok, what) in ranges.items():
         if not ok(getattr(args, name)):  # NaN fails every comparison
             p.error(f"--{name} must be {what}, got {getattr(args, name)}")
+    if args.ema_rampup is not None and args.ema_rampup <= 0:
+        p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
     try:
         GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
         parse_policy(args.diffaug)

@@ -1,4 +1,4 @@
-"""What a run leaves behind for people: trackers (W&B, TensorBoard), metrics.jsonl, sample grids.
+"""What a run leaves behind for people: trackers (W&B, TensorBoard), the metrics logs, sample grids.
 
 Everything here acts on the main process only; other ranks return at once. W&B runs
 offline into OUTPUT_DIR/wandb when no credentials are found (sync later with
@@ -14,6 +14,9 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 TRACKERS = ("wandb", "tensorboard")
+TRAIN_LOG = "metrics.jsonl"
+LOGS = {"train": TRAIN_LOG, "samples": "samples.jsonl", "eval": "eval.jsonl"}
+WANDB_RUN_ID_FILE = "wandb_run_id.txt"
 
 
 def tracker_names(report_to):
@@ -32,15 +35,30 @@ def _wandb_has_credentials():
         return False
 
 
-def init_trackers(accelerator, project_name, config, output_dir):
+def stored_wandb_run_id(output_dir):
+    path = Path(output_dir) / WANDB_RUN_ID_FILE
+    if not path.is_file():
+        return None
+    return path.read_text().strip() or None
+
+
+def init_trackers(accelerator, project_name, config, output_dir, checkpoint_run_id=None):
     """Start the Accelerator's trackers on the main process; on failure warn and go on without them.
+
+    One training is one W&B run, however often it is resumed, requeued or restarted: the run id
+    is $WANDB_RUN_ID, else the one stored in OUTPUT_DIR/wandb_run_id.txt, else the checkpoint's,
+    else a new one; it is resumed with $WANDB_RESUME (default "allow"). Returns the W&B run id
+    (None without W&B or off the main process).
 
     W&B's own variables win over our defaults: WANDB_DIR (else the run directory), WANDB_NAME
     (else the run directory's name), WANDB_MODE (else offline when no API key is found).
     """
     if not accelerator.is_main_process or not accelerator.log_with:
-        return
-    wandb_kwargs = {}
+        return None
+    wandb_kwargs = {"resume": os.environ.get("WANDB_RESUME", "allow")}
+    run_id = os.environ.get("WANDB_RUN_ID") or stored_wandb_run_id(output_dir) or checkpoint_run_id
+    if run_id:
+        wandb_kwargs["id"] = run_id
     if "WANDB_DIR" not in os.environ:
         wandb_kwargs["dir"] = str(output_dir)
     if "WANDB_NAME" not in os.environ:
@@ -53,10 +71,16 @@ def init_trackers(accelerator, project_name, config, output_dir):
             if tracker.name == "wandb":  # charts against images seen, comparable across batch sizes
                 tracker.run.define_metric("kimg")
                 tracker.run.define_metric("*", step_metric="kimg")
+                run_id = tracker.run.id
+                tmp = Path(output_dir) / f".{WANDB_RUN_ID_FILE}.partial"
+                tmp.write_text(run_id + "\n")
+                os.replace(tmp, Path(output_dir) / WANDB_RUN_ID_FILE)
+                return run_id
     except Exception as e:  # a dashboard must never cost the run
         accelerator.print(f"warning: could not start trackers {accelerator.log_with} ({e!r}); "
                           "training continues; metrics.jsonl and samples/ are still written")
         accelerator.trackers = []
+    return None
 
 
 def finish_run(accelerator, output_dir):
@@ -76,14 +100,18 @@ def finish_run(accelerator, output_dir):
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to OUTPUT_DIR/metrics.jsonl (main process only)."""
+    """Appends one JSON object per logged step to one of the run's logs (main process only).
 
-    def __init__(self, accelerator, output_dir):
+    kind "train": OUTPUT_DIR/metrics.jsonl, a row per --log_steps; "samples": samples.jsonl,
+    colour statistics per --sample_interval; "eval": eval.jsonl, FID/KID per --eval_steps.
+    """
+
+    def __init__(self, accelerator, output_dir, kind="train"):
         self.accelerator = accelerator
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = Path(output_dir) / LOGS[kind]
 
     def log(self, row, step):
-        """Numbers go to the trackers; the whole row (tool names of metrics too) to metrics.jsonl."""
+        """Numbers go to the trackers; the whole row (tool names of metrics too) to the file."""
         try:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
         except Exception as e:
@@ -91,6 +119,18 @@ class MetricsLog:
         if self.accelerator.is_main_process:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": step, **row}) + "\n")
+
+
+def read_log(run_dir, kind="train"):
+    """One of a run's logs as rows in step order; a step logged twice (a resume repeating steps) keeps its last row."""
+    by_step = {}
+    path = Path(run_dir) / LOGS[kind]
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_step[row["step"]] = row
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5):

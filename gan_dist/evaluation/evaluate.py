@@ -1,0 +1,101 @@
+"""FID and KID of a trained generator against the real images of a pack, with the protocol beside every figure.
+
+    python -m gan_dist.evaluate --checkpoint runs/lfw --data shards/lfw                     # fid50k on a GPU
+    accelerate launch -m gan_dist.evaluate --checkpoint runs/lfw --data shards/lfw --out fid.json
+    python -m gan_dist.evaluate --checkpoint runs/demo --data shards/digits --cpu --num_gen 2000
+
+G_ema is scored when the checkpoint has it (--no-ema for the trained G), against every real
+image in the pack unless --real_samples caps them (StyleGAN2-ADA's "full" protocol). The
+result is printed as JSON and written to --out; figures are only comparable when the whole
+protocol block matches (tool and weights, resize, sample counts, seed).
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from gan_dist.evaluation.metrics import MetricUnavailable, evaluate, format_result, inception_for_run
+from gan_dist.evaluation.sample import SampleError, load_generator, resolve_checkpoint
+from gan_dist.training.checkpoint import CheckpointError, read_meta
+from gan_dist.training.data import DataError, load_into_memory, load_manifest
+
+GPU_NUM_GEN, CPU_NUM_GEN = 50_000, 5_000
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m gan_dist.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="a checkpoint-STEP directory, or a run directory (its latest)")
+    p.add_argument("--data", required=True, help="the shard directory the generator was trained on")
+    p.add_argument("--num_gen", type=int, default=None,
+                   help=f"generated images (default {GPU_NUM_GEN:,} on a GPU, {CPU_NUM_GEN:,} on the CPU, where "
+                        "Inception is slow; FIDs of different counts are not comparable)")
+    p.add_argument("--real_samples", type=int, default=None, help="cap on real images (default: all of the pack)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="score G_ema (default: when the checkpoint has it) or, with --no-ema, the trained G")
+    p.add_argument("--inception_weights", default=None,
+                   help="Inception weights file (else $GAN_DIST_INCEPTION_WEIGHTS, else a verified download)")
+    p.add_argument("--seed", type=int, default=0, help="draws the latents and KID's subsets")
+    p.add_argument("--batch_size", type=int, default=64, help="images per forward pass, per process")
+    p.add_argument("--n_cpu", type=int, default=2, help="workers decoding the real images")
+    p.add_argument("--out", default=None, help="also write the result JSON to this file")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    args = p.parse_args(argv)
+    for name in ("num_gen", "real_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 2:
+            p.error(f"--{name} must be >= 2, got {getattr(args, name)}")
+    if args.batch_size < 1 or args.n_cpu < 0:
+        p.error("--batch_size must be >= 1 and --n_cpu >= 0")
+    return args
+
+
+def run(args, accelerator, extractor):
+    """Score the checkpoint with `extractor` on every rank (a collective); return the result dict."""
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    meta = read_meta(checkpoint)
+    G, used_ema = load_generator(checkpoint, args.ema, accelerator.device)
+    manifest, urls = load_manifest(args.data)
+    num_gen = args.num_gen or (GPU_NUM_GEN if accelerator.device.type == "cuda" else CPU_NUM_GEN)
+    num_real = min(args.real_samples or manifest["count"], manifest["count"])
+    result = evaluate(accelerator, G, extractor, lambda: load_into_memory(urls, args.n_cpu)[0], args.data,
+                      meta["gan_config"]["latent_dim"], num_gen=num_gen, num_real=num_real,
+                      batch_size=args.batch_size, seed=args.seed)
+    result["protocol"] = {
+        "tool": result["eval_tool"], "resize": result["eval_resize"], "num_gen": result["eval_num_gen"],
+        "num_real": result["eval_num_real"], "real": "every image of the pack" if num_real == manifest["count"]
+        else f"a fixed random subset of {num_real} of {manifest['count']}",
+        "latents": f"N(0, I) from torch.Generator seed {args.seed}", "kid_subsets": 100,
+        "kid_subset_size": min(1000, result["eval_num_gen"], result["eval_num_real"])}
+    result.update(checkpoint=str(checkpoint), step=meta["global_step"], generator="G_ema" if used_ema else "G",
+                  data=str(args.data), processes=accelerator.num_processes)
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = Accelerator(cpu=args.cpu)
+    try:
+        resolve_checkpoint(args.checkpoint), load_manifest(args.data)  # fail fast, before Inception loads
+        extractor, why_not = inception_for_run(accelerator, args.inception_weights)
+        if extractor is None:
+            raise MetricUnavailable(why_not)
+        result = run(args, accelerator, extractor)
+    except (MetricUnavailable, SampleError, CheckpointError, DataError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    if accelerator.is_main_process:
+        print(format_result(result), file=sys.stderr)
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out:
+            tmp = Path(args.out).with_name(f".{Path(args.out).name}.partial")
+            tmp.write_text(text + "\n")
+            os.replace(tmp, args.out)
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    torch.backends.cudnn.benchmark = True
+    main()

@@ -1,0 +1,71 @@
+"""python -m gan_dist.evaluate: a finished checkpoint scored like the in-training evaluation, with its protocol."""
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from conftest import run_module
+from test_metrics import PoolFeatures
+
+from gan_dist.evaluation.evaluate import parse_args, run
+from gan_dist.evaluation.metrics import evaluate
+from gan_dist.evaluation.sample import load_generator
+from gan_dist.training.data import load_into_memory, load_manifest
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, digits16):
+    out = tmp_path_factory.mktemp("evaluate") / "run"
+    r = run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                   "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
+                   "--max_train_steps", 4, "--checkpointing_steps", 4, "--ema_kimg", 0.1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out / "checkpoints" / "checkpoint-4"
+
+
+@pytest.fixture
+def accelerator(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # real-feature cache of this test only
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_same_figures_as_the_in_training_evaluation(checkpoint, digits16, accelerator):
+    args = parse_args(["--checkpoint", str(checkpoint.parent.parent), "--data", str(digits16), "--cpu",
+                       "--num_gen", "300", "--real_samples", "300", "--n_cpu", "0"])
+    result = run(args, accelerator, PoolFeatures())
+    # what the trainer does at --eval_steps with --fid_samples 300: G_ema, reals capped at the sample count
+    G_ema, _ = load_generator(checkpoint, ema=True)
+    _, urls = load_manifest(digits16)
+    in_training = evaluate(accelerator, G_ema, PoolFeatures(), load_into_memory(urls)[0], digits16, 100,
+                           num_gen=300, seed=0)
+    for key in ("fid300", "kid300", "kid300_std", "eval_num_gen", "eval_num_real"):
+        assert result[key] == pytest.approx(in_training[key], rel=1e-9), key
+    assert result["fid300"] > 0 and result["generator"] == "G_ema" and result["step"] == 4
+    protocol = result["protocol"]
+    assert protocol["tool"].startswith("torchmetrics-") and "PoolFeatures" in protocol["tool"]
+    assert protocol["resize"] == "adaptive-avg-pool-4" and protocol["num_gen"] == 300
+    assert protocol["num_real"] == 300 and protocol["real"] == "a fixed random subset of 300 of 1797"
+
+
+def test_every_real_image_by_default_and_the_trained_G_on_request(checkpoint, digits16, accelerator):
+    args = parse_args(["--checkpoint", str(checkpoint), "--data", str(digits16), "--cpu", "--num_gen", "64",
+                       "--no-ema", "--n_cpu", "0"])
+    result = run(args, accelerator, PoolFeatures())
+    assert result["eval_num_real"] == 1797 and result["protocol"]["real"] == "every image of the pack"
+    assert result["generator"] == "G" and torch.isfinite(torch.tensor(result["fid64"]))
+
+
+def test_without_inception_weights_it_says_how_to_get_them(checkpoint, digits16, tmp_path):
+    r = run_module("gan_dist.evaluate", "--checkpoint", checkpoint, "--data", digits16, "--cpu",
+                   "--out", tmp_path / "fid.json",
+                   env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth"), "XDG_CACHE_HOME": str(tmp_path)})
+    assert r.returncode != 0 and r.stderr.startswith("error: ") and "absent.pth" in r.stderr
+    assert not (tmp_path / "fid.json").exists()
+
+
+def test_bad_options_are_refused(digits16):
+    r = run_module("gan_dist.evaluate", "--checkpoint", "nowhere", "--data", digits16, "--num_gen", "1")
+    assert r.returncode == 2 and "--num_gen must be >= 2" in r.stderr
+    r = run_module("gan_dist.evaluate", "--checkpoint", "nowhere", "--data", digits16, "--cpu")
+    assert r.returncode == 1 and r.stderr.startswith("error: --checkpoint nowhere")  # before any Inception download

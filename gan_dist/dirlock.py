@@ -4,6 +4,7 @@ The kernel drops the lock when its process ends, however it ends, so a lock file
 killed run never blocks the next one. The file holds a line naming the holder, for the
 message the second writer gets, and is removed on release. No torch here.
 """
+import atexit
 import fcntl
 import os
 import socket
@@ -17,7 +18,7 @@ class DirectoryBusy(Exception):
 
 
 class DirectoryLock:
-    """Holds DIR/.lock for this process until `release()` (or the end of a `with` block, or of the process)."""
+    """Holds DIR/.lock for this process until `release()`, the end of a `with` block, or the process's exit."""
 
     def __init__(self, directory, holder):
         """Take the lock on the existing `directory`; `holder` (e.g. "gan_dist.train") names this process in
@@ -40,6 +41,7 @@ class DirectoryLock:
         self.file.truncate()
         self.file.write(f"{holder} (pid {os.getpid()} on {socket.gethostname()})\n")
         self.file.flush()
+        atexit.register(self.release)  # also keeps the lock alive when the caller holds no reference
 
     def _still_linked(self):
         try:
@@ -48,6 +50,7 @@ class DirectoryLock:
             return False
 
     def release(self):
+        atexit.unregister(self.release)
         if not self.file.closed:
             self.path.unlink(missing_ok=True)  # while still held: a waiter then sees it unlinked and retries
             self.file.close()

@@ -20,12 +20,22 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from gan_dist.dirlock import DirectoryBusy, DirectoryLock
 from gan_dist.evaluation.colour import DriftTracker, colour_report, colour_stats
 from gan_dist.networks.augment import diff_augment, parse_policy
 from gan_dist.networks.models import GANConfig, build_models, count_params
-from gan_dist.training.checkpoint import check_finite, read_meta, remove_partials, resolve_resume, save_checkpoint
+from gan_dist.training.checkpoint import (
+    CheckpointError,
+    check_finite,
+    load_checkpoint,
+    read_meta,
+    remove_partials,
+    resolve_resume,
+    save_checkpoint,
+)
 from gan_dist.training.data import (
     DataError,
+    check_batch,
     check_matches,
     decoded_gib,
     device_decoded,
@@ -123,7 +133,7 @@ def real_data(args, manifest, urls, accelerator, steps_per_epoch):
 
 def train(args):
     # ---- check the data, the run directory and the resume point (before any process group starts)
-    manifest, urls = load_manifest(args.data, args.shard_url)
+    manifest, urls = load_manifest(args.data, args.shard_url, verify=not args.skip_verify)
     check_matches(manifest, args.img_size, args.channels, args.data, jpeg=args.decode_on_device)
     gan_config = GANConfig(args.arch, args.latent_dim, args.img_size, args.channels)
     output_dir = Path(args.output_dir)
@@ -137,6 +147,7 @@ def train(args):
     is_main = accelerator.is_main_process
     device = accelerator.device
     if is_main:
+        DirectoryLock(output_dir, "gan_dist.train")  # one trainer per run directory, until this process exits
         (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
         remove_partials(output_dir)
 
@@ -156,14 +167,15 @@ def train(args):
 
     # ---- schedule, counted in steps of the global batch
     global_batch = args.batch_size * accelerator.num_processes
-    steps_per_epoch = max(1, manifest["count"] // global_batch)
+    check_batch(manifest, global_batch, args.data)
+    steps_per_epoch = manifest["count"] // global_batch
     max_train_steps = args.max_train_steps or args.n_epochs * steps_per_epoch
     global_step = meta.get("global_step", 0)
 
     # ---- resume: weights, optimizers, scaler, every rank's RNG, then G_ema and the drift history
     drift = DriftTracker()
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
+        load_checkpoint(accelerator, resume_dir)
         for opt in (opt_G, opt_D):  # the command line wins over the saved rate (e.g. a lower --lr after a NaN)
             for group in opt.param_groups:
                 group["lr"] = args.lr
@@ -244,7 +256,9 @@ def train(args):
             if log_now:
                 row = stats.collect(accelerator, global_batch)  # a collective
                 skipped_total += row["skipped_samples"]
-                check_row(row, step, skipped_total, step * global_batch, args.max_skip_fraction)
+                # images skipped at load were judged against the whole dataset already
+                check_row(row, step, skipped_total - data.skipped_at_load, step * global_batch,
+                          args.max_skip_fraction)
                 train_log.log({**row, "skipped_samples": skipped_total, "epoch": step / steps_per_epoch,
                                "kimg": step * global_batch / 1000, "global_batch": global_batch}, step)
                 summary = " ".join(f"{k} {row[k]:.3f}" for k in TRAIN_KEYS) + f" img/s {row['img_per_s']:.0f}"
@@ -294,7 +308,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         train(args)
-    except (DataError, UsageError, DistributedError, FileNotFoundError, FloatingPointError) as e:
+    except (DataError, UsageError, DistributedError, CheckpointError, DirectoryBusy, FileNotFoundError,
+            FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -97,17 +97,24 @@ def _check_random_states(path, rank):
         raise CheckpointError(f"{path} has no {states.name}: the resume could not be exact; "
                               "resume from another checkpoint (or with the process count it was saved with)") from None
     except pickle.UnpicklingError as e:
-        raise untrusted(states, e) from None
+        if _code_named(e):
+            raise _untrusted(states, e) from None
+        ok = False
     except Exception:  # any damage; the file's bytes are not shown
         ok = False
     if not ok:
         raise CheckpointError(f"{states} is damaged: the resume could not be exact; resume from another checkpoint")
 
 
-def untrusted(path, error):
-    why = next((line.strip()[:200] for line in str(error).splitlines() if "Unpickler error" in line), "")
+def _code_named(error):
+    """The line of weights_only's refusal that names a global the pickle would import, if that is why."""
+    found = re.search(r"[^\n]*unsupported (global|class)[^\n]*", str(error), re.IGNORECASE)
+    return found.group(0)[:200] if found else None
+
+
+def _untrusted(path, error):
     return CheckpointError(f"{path} is not a trusted checkpoint: it holds pickled objects other than tensors and "
-                           f"plain data{f' ({why})' if why else ''}; use a checkpoint gan-dist wrote")
+                           f"plain data ({_code_named(error)}); use a checkpoint gan-dist wrote")
 
 
 def load_checkpoint(accelerator, path):
@@ -116,7 +123,9 @@ def load_checkpoint(accelerator, path):
     try:
         accelerator.load_state(str(path))  # safetensors, and torch.load(weights_only=True) for the rest
     except pickle.UnpicklingError as e:
-        raise untrusted(path, e) from None
+        if _code_named(e):
+            raise _untrusted(path, e) from None
+        raise CheckpointError(f"{path} is damaged (a file is not a readable pickle); use another checkpoint") from None
     except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path} is damaged ({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); "
                               "resume from another checkpoint") from None

@@ -23,6 +23,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from gan_dist.training.manifest import (  # noqa: F401 (the trainer and the bench import them from here)
     DataError,
+    check_batch,
     check_matches,
     load_manifest,
     shard_counts,

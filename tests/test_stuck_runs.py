@@ -15,6 +15,7 @@ from PIL import Image
 from gan_dist.packing.download import sha256_file
 from gan_dist.packing.shard import pack
 from gan_dist.training.data import DataError, load_into_memory, load_manifest, shard_counts
+from gan_dist.training.preemption import REPEAT_S
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_sigterm_twice_stops_a_run_stuck_reading_data(tmp_path, digits16):
         time.sleep(0.2)
     time.sleep(1)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    time.sleep(REPEAT_S + 0.5)
     proc.send_signal(signal.SIGTERM)
     r = finish(proc, 20)  # its stderr closes only once the `sleep 600` of the pipe is gone too
     assert r.returncode == 143 and "stopping now on a second SIGTERM" in r.stderr

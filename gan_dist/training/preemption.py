@@ -6,7 +6,7 @@ With several processes the ranks agree with one all-reduce every `check_every` s
 they stop at the same step even if the signal reached them at different moments.
 A signal always ends the run: if no step finishes within `grace_s` of it (the run is stuck
 in data loading or waiting on another rank), the process exits at once, keeping the last
-checkpoint; a second SIGTERM, or a second Ctrl-C, exits at once too.
+checkpoint; a second SIGTERM (more than REPEAT_S after the first) or Ctrl-C exits at once too.
 """
 import os
 import signal
@@ -19,6 +19,7 @@ import psutil
 import torch
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: "stopped on request", what schedulers expect; resume with 'latest'
+REPEAT_S = 2.0  # a SIGTERM this long after the first means "now"
 
 
 class StopSignal:
@@ -44,17 +45,19 @@ class StopSignal:
 
     def _watchdog(self, receive):
         receive.settimeout(1.0)
-        first, terms = None, 0
+        first = None
         while True:
             try:
                 got = receive.recv(64)
             except TimeoutError:
                 got = b""
-            terms += got.count(signal.SIGTERM)
-            if first is None and (terms or got.count(signal.SIGINT)):
-                first = time.monotonic()
-            if terms >= 2:
+            now = time.monotonic()
+            # a SIGTERM that comes with the first (a scheduler signalling the group, and torchrun forwarding it)
+            # is the same request; one that comes later is a second
+            if signal.SIGTERM in got and first is not None and now - first > REPEAT_S:
                 exit_now("a second SIGTERM")
+            if first is None and (signal.SIGTERM in got or signal.SIGINT in got):
+                first = now
             if first is not None and not self.stopping and time.monotonic() - max(first, self.last_poll) > self.grace_s:
                 exit_now(f"a stop signal, and no training step finished in the {self.grace_s:.0f} s after it")
 

@@ -101,7 +101,7 @@ def packed_pixels(out):
 
 
 @pytest.mark.parametrize("name,make", [
-    ("grey16.png", lambda ramp: Image.fromarray((ramp.astype(np.uint16) * 257))),  # 16-bit greyscale PNG
+    ("grey16.png", lambda ramp: Image.fromarray(ramp.astype(np.uint16) * 257)),  # 16-bit greyscale PNG
     ("float.tif", lambda ramp: Image.fromarray(ramp.astype(np.float32) / 255)),  # float TIFF in [0, 1]
 ])
 def test_high_bit_depth_images_are_scaled_to_8_bits(tmp_path, name, make):

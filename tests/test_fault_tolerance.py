@@ -4,17 +4,14 @@ import os
 import shutil
 import signal
 import sys
-import tarfile
 import time
 
 import pytest
 import torch
-from conftest import finish, launch, run_module, run_torchrun, torchrun_cmd
+from conftest import finish, launch, make_damaged_shards, run_module, run_torchrun, torchrun_cmd
 from conftest import train_rows as rows
 from safetensors.torch import load_file
 
-from gan_dist.packing.download import sha256_file
-from gan_dist.packing.shard import pack
 from gan_dist.training.checkpoint import resolve_resume
 
 
@@ -109,29 +106,6 @@ def test_kill_9_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, digit
     assert f"checkpoint-{latest} at step {latest}" in r.stdout
     assert rows(out)[-1]["step"] == latest + 2
     assert not list((out / "checkpoints").glob(".checkpoint-*.partial"))  # a stale partial is cleared by saving
-
-
-def make_damaged_shards(root, truncate=True):
-    """lfw-subset at 8 px in 4 shards; shard 1 gets a corrupt PNG, shard 2 is cut in half (if `truncate`)."""
-    m = pack("lfw-subset", root, size=8, channels=1, shard_size=25)
-    assert len(m["shards"]) == 4
-    one = root / "train-000001.tar"
-    with tarfile.open(one) as tar:
-        members = [(info, tar.extractfile(info).read()) for info in tar.getmembers()]
-    with tarfile.open(one, "w") as tar:
-        for info, data in members:
-            if info.name.startswith("00000030."):
-                data = b"\x89PNG garbage"
-                info.size = len(data)
-            tar.addfile(info, __import__("io").BytesIO(data))
-    two = root / "train-000002.tar"
-    if truncate:
-        two.write_bytes(two.read_bytes()[: two.stat().st_size // 2])
-    # damage the packer wrote itself (the manifest's sha256 agrees), so it reaches the reader
-    for shard in m["shards"]:
-        shard["sha256"] = sha256_file(root / shard["file"])
-    (root / "manifest.json").write_text(json.dumps(m))
-    return root
 
 
 def test_corrupt_image_and_truncated_shard_are_skipped_and_counted(tmp_path):

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, run_module
+from conftest import ROOT, make_damaged_shards, run_module
 from conftest import train_rows as rows
-from test_fault_tolerance import make_damaged_shards
 
 from gan_dist.dirlock import DirectoryLock
 

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 
 from gan_dist.evaluation.metrics import MetricUnavailable, evaluate, format_result, inception_for_run
 from gan_dist.evaluation.sample import SampleError, load_generator, resolve_checkpoint
-from gan_dist.training.checkpoint import read_meta
+from gan_dist.training.checkpoint import CheckpointError, read_meta
 from gan_dist.training.data import DataError, load_into_memory, load_manifest
 
 GPU_NUM_GEN, CPU_NUM_GEN = 50_000, 5_000
@@ -83,7 +83,7 @@ def main(argv=None):
         if extractor is None:
             raise MetricUnavailable(why_not)
         result = run(args, accelerator, extractor)
-    except (MetricUnavailable, SampleError, DataError, FileNotFoundError) as e:
+    except (MetricUnavailable, SampleError, CheckpointError, DataError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     if accelerator.is_main_process:
         print(format_result(result), file=sys.stderr)

@@ -6,6 +6,7 @@ one (residual nets, relativistic loss with R1 + R2, Adam (0, 0.99), cosine decay
 a ramp-up). Those options default to None here, so an explicit flag always wins.
 """
 import argparse
+import math
 import os
 
 from gan_dist.networks.augment import parse_policy
@@ -92,6 +93,8 @@ def parse_args(argv=None):
     p.add_argument("--shard_url", default=None,
                    help="shards elsewhere (object storage, HTTP): a URL with {file} for each shard name, e.g. "
                         "'pipe:aws s3 cp s3://bucket/lfw/{file} -'; --data then only needs manifest.json")
+    p.add_argument("--skip_verify", action="store_true",
+                   help="read local shards without checking them against the sha256 in manifest.json")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help=preset_help("arch", "mlp: the vanilla MLP pair; dcgan: conv nets; resnet: R3GAN-style"))
     # the recipe: networks, loss, penalties, optimizers and schedules
@@ -183,6 +186,17 @@ def parse_args(argv=None):
             p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        p.error(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
+    ranges = {  # name: (check, what it must be)
+        "n_cpu": (lambda v: 0 <= v <= 1024, "from 0 to 1024"), "eval_steps": (lambda v: v >= 0, ">= 0"),
+        "ddp_bucket_cap_mb": (lambda v: v >= 1, ">= 1"), "lr": (lambda v: 0 < v < math.inf, "> 0 and finite"),
+        "b1": (lambda v: 0 <= v < 1, "in [0, 1)"), "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "cache_gb": (lambda v: v >= 0, ">= 0"), "ema_kimg": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+        "max_skip_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+    for name, (ok, what) in ranges.items():
+        if not ok(getattr(args, name)):  # NaN fails every comparison
+            p.error(f"--{name} must be {what}, got {getattr(args, name)}")
     if args.ema_rampup is not None and args.ema_rampup <= 0:
         p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
     try:

@@ -12,6 +12,7 @@ import os
 from gan_dist.networks.augment import parse_policy
 from gan_dist.networks.losses import LOSSES
 from gan_dist.networks.models import ARCHS, GANConfig
+from gan_dist.training.config_file import apply_config
 from gan_dist.training.ddp import COMM_HOOKS
 
 # R3GAN's gamma per resolution: CIFAR-10 at 32, FFHQ at 64 and 256; 128 geometrically between.
@@ -89,7 +90,10 @@ def parse_args(argv=None):
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--sample_interval", type=int, default=500, help="steps between sample grids")
     # data, model, run
-    p.add_argument("--data", required=True, help="shard directory written by `python -m gan_dist.shard`")
+    p.add_argument("--config", default=None,
+                   help="YAML or JSON file of option values, e.g. configs/*.yaml or a run's args.json; flags given "
+                        "here win")
+    p.add_argument("--data", default=None, help="shard directory written by `python -m gan_dist.shard` (required)")
     p.add_argument("--shard_url", default=None,
                    help="shards elsewhere (object storage, HTTP): a URL with {file} for each shard name, e.g. "
                         "'pipe:aws s3 cp s3://bucket/lfw/{file} -'; --data then only needs manifest.json")
@@ -168,7 +172,15 @@ def parse_args(argv=None):
     p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-STEP directory or 'latest'")
     p.add_argument("--max_skip_fraction", type=float, default=0.01,
                    help="stop when more than this fraction of samples read could not be decoded")
+    config = p.parse_known_args(argv)[0].config
+    if config is not None:
+        try:
+            apply_config(p, config)
+        except ValueError as e:
+            p.error(str(e))
     args = resolve_preset(p.parse_args(argv))
+    if args.data is None:
+        p.error("--data is required (on the command line or in --config)")
     for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples",
                  "fid_samples", "colour_samples", "reg_every"):
         if getattr(args, name) < 1:

@@ -20,12 +20,22 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from gan_dist.dirlock import DirectoryBusy, DirectoryLock
 from gan_dist.evaluation.colour import DriftTracker, colour_report, colour_stats
 from gan_dist.networks.augment import diff_augment, parse_policy
 from gan_dist.networks.models import build_models, count_params
-from gan_dist.training.checkpoint import check_finite, read_meta, remove_partials, resolve_resume, save_checkpoint
+from gan_dist.training.checkpoint import (
+    CheckpointError,
+    check_finite,
+    load_checkpoint,
+    read_meta,
+    remove_partials,
+    resolve_resume,
+    save_checkpoint,
+)
 from gan_dist.training.data import (
     DataError,
+    check_batch,
     check_matches,
     decoded_gib,
     device_decoded,
@@ -127,7 +137,7 @@ def real_data(args, manifest, urls, accelerator, steps_per_epoch):
 
 def train(args):
     # ---- check the data, the run directory and the resume point (before any process group starts)
-    manifest, urls = load_manifest(args.data, args.shard_url)
+    manifest, urls = load_manifest(args.data, args.shard_url, verify=not args.skip_verify)
     check_matches(manifest, args.img_size, args.channels, args.data, jpeg=args.decode_on_device)
     gan_config = config_of(args)
     output_dir = Path(args.output_dir)
@@ -141,6 +151,7 @@ def train(args):
     is_main = accelerator.is_main_process
     device = accelerator.device
     if is_main:
+        DirectoryLock(output_dir, "gan_dist.train")  # one trainer per run directory, until this process exits
         (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
         remove_partials(output_dir)
 
@@ -160,14 +171,15 @@ def train(args):
 
     # ---- schedule, counted in steps of the global batch
     global_batch = args.batch_size * accelerator.num_processes
-    steps_per_epoch = max(1, manifest["count"] // global_batch)
+    check_batch(manifest, global_batch, args.data)
+    steps_per_epoch = manifest["count"] // global_batch
     max_train_steps = args.max_train_steps or args.n_epochs * steps_per_epoch
     global_step = meta.get("global_step", 0)
 
     # ---- resume: weights, optimizers, scaler, every rank's RNG, then G_ema and the drift history
     drift = DriftTracker()
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
+        load_checkpoint(accelerator, resume_dir)
         accelerator.print(f"resumed from {resume_dir} at step {global_step}")
         drift.load_state_dict(meta.get("colour_drift", drift.state_dict()))
         if meta["global_batch"] != global_batch:
@@ -253,7 +265,9 @@ def train(args):
             if log_now:
                 row = stats.collect(accelerator, global_batch)  # a collective
                 skipped_total += row["skipped_samples"]
-                check_row(row, step, skipped_total, step * global_batch, args.max_skip_fraction)
+                # images skipped at load were judged against the whole dataset already
+                check_row(row, step, skipped_total - data.skipped_at_load, step * global_batch,
+                          args.max_skip_fraction)
                 train_log.log({**row, "skipped_samples": skipped_total, "epoch": step / steps_per_epoch,
                                "kimg": step * global_batch / 1000, "global_batch": global_batch}, step)
                 summary = " ".join(f"{k} {row[k]:.3f}" for k in TRAIN_KEYS) + f" img/s {row['img_per_s']:.0f}"
@@ -303,7 +317,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         train(args)
-    except (DataError, UsageError, DistributedError, FileNotFoundError, FloatingPointError) as e:
+    except (DataError, UsageError, DistributedError, CheckpointError, DirectoryBusy, FileNotFoundError,
+            FloatingPointError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -1,15 +1,18 @@
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from gan_dist.packing.download import sha256_file
 from gan_dist.packing.shard import pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +93,26 @@ def free_port():
 def train_rows(out):
     """Every row of OUTPUT_DIR/metrics.jsonl, as written."""
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def make_damaged_shards(root, truncate=True):
+    """lfw-subset at 8 px in 4 shards; shard 1 gets a corrupt PNG, shard 2 is cut in half (if `truncate`)."""
+    m = pack("lfw-subset", root, size=8, channels=1, shard_size=25)
+    assert len(m["shards"]) == 4
+    one = root / "train-000001.tar"
+    with tarfile.open(one) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar.getmembers()]
+    with tarfile.open(one, "w") as tar:
+        for info, data in members:
+            if info.name.startswith("00000030."):
+                data = b"\x89PNG garbage"
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    two = root / "train-000002.tar"
+    if truncate:
+        two.write_bytes(two.read_bytes()[: two.stat().st_size // 2])
+    # damage the packer wrote itself (the manifest's sha256 agrees), so it reaches the reader
+    for shard in m["shards"]:
+        shard["sha256"] = sha256_file(root / shard["file"])
+    (root / "manifest.json").write_text(json.dumps(m))
+    return root

@@ -11,7 +11,7 @@ import torch
 from conftest import run_module
 from PIL import Image
 
-from gan_dist.bench.quality import channel_features, fit_judge, mode_report
+from gan_dist.evaluation.digits import channel_features, fit_judge, mode_report
 from gan_dist.packing.sources import SourceOptions, read_stacked_digits
 
 

@@ -77,7 +77,7 @@ def test_missing_unfinished_and_empty_data(tmp_path, digits16):
     with pytest.raises(DataError, match="no manifest.json"):
         load_manifest(tmp_path / "half")
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / MANIFEST).write_text(json.dumps({"count": 0, "shards": []}))
+    (tmp_path / "empty" / MANIFEST).write_text(json.dumps({"count": 0, "size": 16, "channels": 1, "shards": []}))
     with pytest.raises(DataError, match="holds no images"):
         load_manifest(tmp_path / "empty")
 

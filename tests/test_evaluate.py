@@ -1,5 +1,7 @@
 """python -m gan_dist.evaluate: a finished checkpoint scored like the in-training evaluation, with its protocol."""
 
+import json
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -69,3 +71,27 @@ def test_bad_options_are_refused(digits16):
     assert r.returncode == 2 and "--num_gen must be >= 2" in r.stderr
     r = run_module("gan_dist.evaluate", "--checkpoint", "nowhere", "--data", digits16, "--cpu")
     assert r.returncode == 1 and r.stderr.startswith("error: --checkpoint nowhere")  # before any Inception download
+
+
+def test_digit_score_needs_no_inception(checkpoint, digits16, tmp_path):
+    r = run_module("gan_dist.evaluate", "--checkpoint", checkpoint, "--data", digits16, "--cpu",
+                   "--metrics", "digits", "--num_gen", 500, "--out", tmp_path / "digits.json",
+                   env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "digits.json").read_text())
+    digits = result["digits"]
+    assert 1 <= digits["digit_score"] <= 10 and 0 <= digits["confident"] <= 1 and digits["samples"] == 500
+    assert sum(digits["class_shares"]) == pytest.approx(1, abs=1e-3) and "accuracy 0.9" in digits["judge"]
+    assert "fid500" not in result and result["generator"] == "G_ema"
+
+
+def test_digit_judge_tells_real_digits_from_noise():
+    from sklearn.datasets import load_digits
+
+    from gan_dist.evaluation.digits import digit_report, fit_judge
+    clf, accuracy, _ = fit_judge()
+    real = torch.from_numpy(load_digits().images[:500]).float()[:, None] / 8 - 1  # 8x8 in [-1, 1]
+    noise = torch.rand(500, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    on_real, on_noise = digit_report(clf, real), digit_report(clf, noise)
+    assert accuracy > 0.95 and on_real["digit_score"] > 8 and on_real["confident"] > 0.9
+    assert on_noise["digit_score"] < 2 and on_noise["confident"] < 0.5

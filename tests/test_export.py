@@ -150,7 +150,7 @@ def test_bad_inputs_are_one_line_errors(exported, tmp_path, capsys):
 
 @pytest.mark.parametrize("change, message", [
     ({"img_size": 10 ** 6}, "expected an integer from 1 to"),
-    ({"img_size": 1024, "channels": 3}, "refusing to build it"),  # 3.2e9 parameters: counted, never allocated
+    ({"img_size": 1024, "channels": 3}, "use --arch dcgan"),  # 3.2e9 parameters: refused by GANConfig, never allocated
     ({"arch": "transformer"}, "unknown --arch"),
     ({"depth": 3}, "unknown gan_config fields"),
     ({"latent_dim": 64}, "does not fit config.json"),  # the weights were trained with 100

@@ -1,18 +1,18 @@
 """Stops, kills, bad data and NaN: the run stops cleanly or goes on, and nothing good is lost."""
 import json
 import os
+import shutil
 import signal
 import sys
-import tarfile
 import time
 
 import pytest
 import torch
-from conftest import finish, launch, run_module, run_torchrun, torchrun_cmd
+from conftest import finish, launch, make_damaged_shards, run_module, run_torchrun, torchrun_cmd
 from conftest import train_rows as rows
 from safetensors.torch import load_file
 
-from gan_dist.packing.shard import pack
+from gan_dist.training.checkpoint import resolve_resume
 
 
 def train_cmd(data, out, *extra):
@@ -108,24 +108,6 @@ def test_kill_9_while_checkpointing_leaves_a_loadable_checkpoint(tmp_path, digit
     assert not list((out / "checkpoints").glob(".checkpoint-*.partial"))  # a stale partial is cleared by saving
 
 
-def make_damaged_shards(root):
-    """lfw-subset at 8 px in 4 shards; shard 1 gets a corrupt PNG, shard 2 is cut in half."""
-    m = pack("lfw-subset", root, size=8, channels=1, shard_size=25)
-    assert len(m["shards"]) == 4
-    one = root / "train-000001.tar"
-    with tarfile.open(one) as tar:
-        members = [(info, tar.extractfile(info).read()) for info in tar.getmembers()]
-    with tarfile.open(one, "w") as tar:
-        for info, data in members:
-            if info.name.startswith("00000030."):
-                data = b"\x89PNG garbage"
-                info.size = len(data)
-            tar.addfile(info, __import__("io").BytesIO(data))
-    two = root / "train-000002.tar"
-    two.write_bytes(two.read_bytes()[: two.stat().st_size // 2])
-    return root
-
-
 def test_corrupt_image_and_truncated_shard_are_skipped_and_counted(tmp_path):
     data = make_damaged_shards(tmp_path / "faces")
     out = tmp_path / "run"
@@ -170,3 +152,17 @@ def test_bad_configuration_fails_before_work(tmp_path, digits16, case, message):
                 (data / p.name).write_bytes(p.read_bytes())
     r = finish(*launch(train_cmd(data, out, "--max_train_steps", 2)))
     assert r.returncode != 0 and message in r.stderr
+
+
+def test_resuming_an_older_checkpoint_keeps_the_new_one_and_it_is_latest(tmp_path, digits16):
+    out = tmp_path / "run"
+    r = finish(*launch(train_cmd(digits16, out, "--max_train_steps", 6, "--checkpointing_steps", 2)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    older = tmp_path / "kept" / "checkpoint-2"
+    shutil.copytree(out / "checkpoints" / "checkpoint-2", older)  # e.g. kept aside, or from another run
+    shutil.rmtree(out / "checkpoints" / "checkpoint-2")
+    r = finish(*launch(train_cmd(digits16, out, "--max_train_steps", 3, "--checkpointing_steps", 100,
+                                 "--checkpoints_total_limit", 2, "--resume_from_checkpoint", older)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert resolve_resume("latest", out).name == "checkpoint-3"

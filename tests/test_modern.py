@@ -9,7 +9,7 @@ from conftest import train_rows as rows
 from safetensors.torch import load_file
 from test_learning import digit_score
 
-from gan_dist.bench.quality import channel_features, fit_judge
+from gan_dist.evaluation.digits import channel_features, fit_judge
 from gan_dist.networks.models import GANConfig, build_models
 from gan_dist.training.options import GAMMA_FOR_RES, parse_args
 from gan_dist.training.step import generate

@@ -1,3 +1,4 @@
+import json
 import shutil
 import sys
 
@@ -123,3 +124,34 @@ def test_missing_ema_and_bad_options_say_so(checkpoint, tmp_path, capsys):
     assert code != 0 and "--interpolate" in err
     code, out, err = sample(capsys, "--checkpoint", tmp_path / "nothing", "--grid", tmp_path / "x.png")
     assert code != 0 and "neither a checkpoint" in err
+
+
+def test_gan_json_cannot_point_the_weights_outside_the_checkpoint(checkpoint, tmp_path):
+    copy = tmp_path / "checkpoint-2"
+    shutil.copytree(checkpoint, copy)
+    outside = tmp_path / "elsewhere.safetensors"
+    save_file({k: torch.zeros_like(v) for k, v in load_file(copy / "model.safetensors").items()}, outside)
+    meta = json.loads((copy / "gan.json").read_text())
+    meta["weights"]["G"] = str(outside)  # or "../elsewhere.safetensors"
+    (copy / "gan.json").write_text(json.dumps(meta))
+    G, _ = load_generator(copy, ema=False)
+    assert any(v.abs().sum() > 0 for v in G.state_dict().values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("gan.json", "gan.json is malformed"), ("sizes", "--img_size must be an integer from 1 to 1024"),
+    ("mlp_too_big", "use --arch dcgan"), ("model.safetensors", "model.safetensors is damaged")])
+def test_damaged_checkpoints_are_named(checkpoint, tmp_path, capsys, damage, message):
+    copy = tmp_path / "checkpoint-2"
+    shutil.copytree(checkpoint, copy)
+    meta = json.loads((copy / "gan.json").read_text())
+    if damage == "sizes":
+        meta["gan_config"]["img_size"] = 10**9  # would ask for petabytes
+        (copy / "gan.json").write_text(json.dumps(meta))
+    elif damage == "mlp_too_big":
+        meta["gan_config"].update(img_size=1024, channels=3)
+        (copy / "gan.json").write_text(json.dumps(meta))
+    else:
+        (copy / damage).write_bytes((copy / damage).read_bytes()[:100])
+    code, out, err = sample(capsys, "--checkpoint", copy, "--n", 2, "--out_dir", tmp_path / "out")
+    assert code != 0 and message in err and "Traceback" not in err

@@ -1,12 +1,15 @@
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import write_images
+from conftest import ROOT, run_module, write_images
 from PIL import Image
 
+from gan_dist.dirlock import DirectoryLock
 from gan_dist.packing.shard import MANIFEST, PackError, main, pack
 from gan_dist.training.data import decode_sample
 
@@ -54,7 +57,7 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     (tmp_path / "src" / "notes.txt").write_text("ignored: not an image suffix")
     m = pack("folder", tmp_path / "out", src=tmp_path / "src", size=8, channels=3)
     assert m["count"] == 5 and m["inputs"] == 6
-    assert m["skipped"] == {"unreadable": 1, "duplicate": 0, "unsafe_path": 0, "download_failed": 0}
+    assert m["skipped"] == {"unreadable": 1, "unsupported": 0, "duplicate": 0, "unsafe_path": 0, "download_failed": 0}
     assert m["skipped_examples"] == ["broken.jpg"]
 
 
@@ -126,3 +129,33 @@ def test_other_storage_formats_decode(tmp_path, fmt, key, tolerance):
     for got, want in zip(images, originals):
         assert got.shape == want.shape
         assert np.abs(got.astype(int) - want).mean() <= tolerance
+
+
+def test_a_second_packer_into_the_same_out_is_refused_by_name(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with DirectoryLock(out, "the first packer"):  # a real flock, as another process's pack holds it
+        r = run_module("gan_dist.shard", "digits", "--out", out, "--size", 8, "--workers", 1, timeout=120)
+        assert r.returncode != 0 and "is in use by the first packer" in r.stderr
+        assert not (out / MANIFEST).exists()
+    (out / ".lock").write_text("gan_dist.shard (pid 1 on a host whose run was killed)\n")  # stale: nobody holds it
+    r = run_module("gan_dist.shard", "digits", "--out", out, "--size", 8, "--workers", 1, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / MANIFEST).read_text())["count"] == 1797 and not (out / ".lock").exists()
+
+
+def test_out_that_is_a_file_is_an_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PackError, match="is a file, not a directory"):
+        pack("digits", tmp_path / "file", size=8)
+    with pytest.raises(PackError, match="cannot write there"):
+        pack("digits", tmp_path / "file" / "sub", size=8)
+
+
+def test_a_full_disk_is_a_one_line_error_and_leaves_no_partial_shard(tmp_path):
+    out = tmp_path / "out"
+    # a 100 kB file size limit: writes beyond it fail as they would on a full disk
+    r = subprocess.run(["prlimit", "--fsize=100000", sys.executable, "-m", "gan_dist.shard", "digits", "--out", out,
+                        "--size", "16", "--workers", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("error: writing to --out") and "Traceback" not in r.stderr
+    assert not list(out.glob(".*.partial")) and not (out / MANIFEST).exists()

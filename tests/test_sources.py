@@ -56,7 +56,7 @@ def test_lfw_end_to_end_after_a_dropped_connection(tmp_path, lfw_server):
     m = pack("lfw", tmp_path / "out", src=server.url(LFW_PATH), sha256=sha(tgz), cache_dir=tmp_path / "cache",
              size=16, channels=3, center_crop=150)
     assert m["count"] == 9 and m["source"] == "lfw" and m["image_format"] == "png"
-    assert m["skipped"] == {"unreadable": 1, "duplicate": 0, "unsafe_path": 2, "download_failed": 0}
+    assert m["skipped"] == {"unreadable": 1, "unsupported": 0, "duplicate": 0, "unsafe_path": 2, "download_failed": 0}
     assert set(m["skipped_examples"]) == {"lfw/Zico/Zico_0004.jpg", "../escape/Evil_0001.jpg", "/abs/Evil_0002.jpg"}
     assert m["source_files"] == [{"file": m["source_files"][0]["file"], "url": server.url(LFW_PATH),
                                   "sha256": sha(tgz), "bytes": len(tgz), "verified": True}]
@@ -112,7 +112,7 @@ def test_anime_zip_duplicates_are_removed(tmp_path):
         m = pack("anime", tmp_path / "out", src=server.url("/datasets/huggan/anime-faces/resolve/main/data.zip"),
                  sha256=sha(archive), cache_dir=tmp_path / "cache", size=64, channels=3)
     assert m["count"] == 12 and m["options"]["dedup"] is True
-    assert m["skipped"] == {"unreadable": 1, "duplicate": 12, "unsafe_path": 1, "download_failed": 0}
+    assert m["skipped"] == {"unreadable": 1, "unsupported": 0, "duplicate": 12, "unsafe_path": 1, "download_failed": 0}
     got = images(tmp_path / "out")
     want = [np.asarray(Image.open(io.BytesIO(faces[k])).convert("RGB")) for k in sorted(faces)]
     assert all(np.array_equal(g, w) for g, w in zip(got, want))  # 64x64 PNG in, same pixels out
@@ -133,7 +133,7 @@ def test_lol_splash_crops_end_to_end(tmp_path, dragon):
     m = pack("lol", tmp_path / "out", workers=2, **kw)
     # 7 skins, 1 missing, 1 a copy of another: 5 distinct splashes x 4 crops
     assert m["count"] == 20 and m["source_images"] == 6 and m["ddragon_version"] == "16.1.1"
-    assert m["skipped"] == {"unreadable": 0, "duplicate": 4, "unsafe_path": 0, "download_failed": 1}
+    assert m["skipped"] == {"unreadable": 0, "unsupported": 0, "duplicate": 4, "unsafe_path": 0, "download_failed": 1}
     assert m["options"]["crops_per_image"] == 4 and "non-commercial" in m["notice"]
     recorded = {f["file"]: f["sha256"] for f in m["source_files"]}
     path = "cdn/img/champion/splash/MonkeyKing_5.jpg"  # by champion id, not display name
@@ -215,3 +215,16 @@ def test_make_shards_on_a_folder_of_jpegs_counts_the_readable_ones(tmp_path):
     m = json.loads((tmp_path / "shards" / "x" / MANIFEST).read_text())
     assert m["count"] == 2000 and m["skipped"]["unreadable"] == 5 and m["source"] == "archive"
     assert sum(s["count"] for s in m["shards"]) == 2000
+
+
+@pytest.mark.parametrize("kind", ["zip", "tgz"])
+def test_archive_members_above_the_size_cap_are_skipped_unread(tmp_path, monkeypatch, kind):
+    from gan_dist.packing import sources
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 10_000)  # stands in for 256 MiB: a zip bomb's member
+    small = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(small, "PNG")
+    members = {"a/small.png": small.getvalue(), "a/bomb.png": bytes(50_000)}
+    path = tmp_path / f"src.{kind}"
+    path.write_bytes(zip_bytes(members) if kind == "zip" else tar_bytes(members))
+    m = pack("archive", tmp_path / "out", src=path, size=8, sha256="none")
+    assert m["count"] == 1 and m["skipped"]["unsupported"] == 1 and m["skipped_examples"] == ["a/bomb.png"]

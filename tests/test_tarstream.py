@@ -1,5 +1,7 @@
 import io
 import tarfile
+import threading
+import tracemalloc
 
 import pytest
 import webdataset as wds
@@ -96,3 +98,48 @@ def test_base256_size_field():
     header[148:155] = f"{sum(header):06o}\0".encode()
     stream = io.BytesIO(bytes(header) + b"hello" + bytes(507) + bytes(1024))
     assert [(n, bytes(d)) for n, d in tar_members(stream)] == [("000.png", b"hello")]
+
+
+def pax_tar(path, record):
+    """A one-member pax tar whose extended header holds `record` (19 bytes) in place of a comment."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("000.png")
+        info.size, info.pax_headers = 4, {"comment": "c" * 7}
+        tar.addfile(info, io.BytesIO(b"data"))
+    raw = buf.getvalue()
+    assert raw.count(b"19 comment=ccccccc\n") == 1
+    path.write_bytes(raw.replace(b"19 comment=ccccccc\n", record))
+    return path
+
+
+@pytest.mark.parametrize("record", [b"00 comment=ccccccc\n", b"-1 comment=ccccccc\n", b"99 comment=ccccccc\n",
+                                    b"19 comment-ccccccc\n", b"19 size=-000000001\n"])
+def test_malformed_pax_records_are_errors_not_hangs(tmp_path, record):
+    path = pax_tar(tmp_path / "a.tar", record)
+    result = []
+
+    def read():
+        try:
+            with open(path, "rb") as f:
+                result.append(list(tar_members(f)))
+        except TarFormatError as e:
+            result.append(e)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    assert not reader.is_alive(), "tar_members loops forever on a malformed pax record"
+    assert isinstance(result[0], TarFormatError) and "pax" in str(result[0])
+
+
+@pytest.mark.parametrize("piped", [False, True])
+def test_a_huge_pax_size_fails_without_allocating_it(tmp_path, piped):
+    path = pax_tar(tmp_path / "a.tar", b"19 size=2000000000\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(TarFormatError, match="2000000000 bytes"):
+            with open(path, "rb") as f:
+                list(tar_members(io.BufferedReader(io.BytesIO(f.read())) if piped else f))
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20
+    finally:
+        tracemalloc.stop()

@@ -23,15 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from gan_dist.bench.suite import machine_info
+from gan_dist.evaluation.digits import CONFIDENT, confident_share, fit_judge, mode_report
 from gan_dist.evaluation.sample import generate, latents, load_generator, resolve_checkpoint
 from gan_dist.training.checkpoint import read_meta
 from gan_dist.training.data import load_into_memory, load_manifest
@@ -44,50 +42,6 @@ RECIPES = {  # the flags each recipe adds to the common ones
     "modern": ["--preset", "modern", "--widths", "64,64,32,16", "--group_size", "8", "--r1_gamma", "0.5",
                "--r2_gamma", "0.5"],
 }
-CONFIDENT = 0.9
-
-
-# ---- the judge
-
-def channel_features(images):
-    """Float (N, C, 32, 32) in [-1, 1] -> (N * C, 64): each channel averaged back to the digits' 8x8 grid."""
-    x = images.float().clamp(-1, 1).flatten(0, 1)[:, None]  # (N * C, 1, 32, 32)
-    return F.adaptive_avg_pool2d(x, 8).flatten(1).numpy()
-
-
-def fit_judge(seed=0):
-    """An SVM on real digits taken through the packer's path (8x8 -> 32x32 bicubic -> 8x8);
-    returns (classifier, held-out accuracy, held-out count)."""
-    from sklearn.datasets import load_digits
-    from sklearn.svm import SVC
-    digits = load_digits()
-    up = np.stack([np.asarray(Image.fromarray(img).resize((32, 32), Image.Resampling.BICUBIC))
-                   for img in np.round(digits.images * (255 / 16)).astype(np.uint8)])
-    x = channel_features(torch.from_numpy(up)[:, None].float() / 127.5 - 1)
-    order = np.random.default_rng(seed).permutation(len(x))
-    train, held_out = order[:1500], order[1500:]
-    with warnings.catch_warnings():
-        # Platt scaling (probability=True) is deprecated for CalibratedClassifierCV, but that one gives
-        # confident probabilities to noise far from every digit (half of an untrained G's samples)
-        warnings.simplefilter("ignore", FutureWarning)
-        clf = SVC(C=10, probability=True, random_state=seed).fit(x[train], digits.target[train])
-    return clf, float(clf.score(x[held_out], digits.target[held_out])), len(held_out)
-
-
-def mode_report(clf, images):
-    """Modes covered (of 1,000) and KL(histogram || uniform) of stacked images (N, 3, 32, 32)."""
-    digits = clf.predict(channel_features(images)).reshape(len(images), 3)
-    hist = np.bincount(digits @ np.array([100, 10, 1]), minlength=1000)
-    p = hist[hist > 0] / len(images)
-    return {"modes": int((hist > 0).sum()), "kl": float((p * np.log(p * 1000)).sum()), "samples": len(images)}
-
-
-def confident_share(clf, images):
-    """Share of single-channel images whose most likely digit has probability >= CONFIDENT, and the classes drawn."""
-    probs = clf.predict_proba(channel_features(images))
-    share = np.bincount(probs.argmax(1), minlength=10) / len(probs)
-    return {"confident": float((probs.max(1) >= CONFIDENT).mean()), "class_shares": share.round(4).tolist(),
-            "samples": len(images)}
 
 
 # ---- the runs

@@ -3,11 +3,14 @@
     python -m gan_dist.evaluate --checkpoint runs/lfw --data shards/lfw                     # fid50k on a GPU
     accelerate launch -m gan_dist.evaluate --checkpoint runs/lfw --data shards/lfw --out fid.json
     python -m gan_dist.evaluate --checkpoint runs/demo --data shards/digits --cpu --num_gen 2000
+    python -m gan_dist.evaluate --checkpoint runs/demo --data shards/digits --cpu --metrics digits  # no Inception
 
 G_ema is scored when the checkpoint has it (--no-ema for the trained G), against every real
 image in the pack unless --real_samples caps them (StyleGAN2-ADA's "full" protocol). The
 result is printed as JSON and written to --out; figures are only comparable when the whole
-protocol block matches (tool and weights, resize, sample counts, seed).
+protocol block matches (tool and weights, resize, sample counts, seed). On digit data,
+`--metrics digits` adds (or, alone, replaces) a classifier-based score that needs no
+Inception weights.
 """
 import argparse
 import json
@@ -18,9 +21,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from gan_dist.evaluation.digits import digit_report, fit_judge
 from gan_dist.evaluation.metrics import MetricUnavailable, evaluate, format_result, inception_for_run
-from gan_dist.evaluation.sample import SampleError, load_generator, resolve_checkpoint
-from gan_dist.training.checkpoint import read_meta
+from gan_dist.evaluation.sample import SampleError, generate, latents, load_generator, resolve_checkpoint
+from gan_dist.training.checkpoint import CheckpointError, read_meta
 from gan_dist.training.data import DataError, load_into_memory, load_manifest
 
 GPU_NUM_GEN, CPU_NUM_GEN = 50_000, 5_000
@@ -28,6 +32,9 @@ GPU_NUM_GEN, CPU_NUM_GEN = 50_000, 5_000
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m gan_dist.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--metrics", nargs="+", choices=("fid_kid", "digits"), default=["fid_kid"],
+                   help="fid_kid: FID and KID (Inception); digits: for 1-channel digit data, the digit score, "
+                        "the share an SVM fit on real digits reads with probability >= 0.9, and class shares")
     p.add_argument("--checkpoint", required=True, help="a checkpoint-STEP directory, or a run directory (its latest)")
     p.add_argument("--data", required=True, help="the shard directory the generator was trained on")
     p.add_argument("--num_gen", type=int, default=None,
@@ -53,12 +60,30 @@ def parse_args(argv=None):
 
 
 def run(args, accelerator, extractor):
-    """Score the checkpoint with `extractor` on every rank (a collective); return the result dict."""
+    """Score the checkpoint: FID/KID with `extractor` on every rank (a collective) unless it is None, and the
+    digit judge on the main process with --metrics digits; return the result dict."""
     checkpoint = resolve_checkpoint(args.checkpoint)
     meta = read_meta(checkpoint)
     G, used_ema = load_generator(checkpoint, args.ema, accelerator.device)
-    manifest, urls = load_manifest(args.data)
     num_gen = args.num_gen or (GPU_NUM_GEN if accelerator.device.type == "cuda" else CPU_NUM_GEN)
+    result = dict(checkpoint=str(checkpoint), step=meta["global_step"], generator="G_ema" if used_ema else "G",
+                  data=str(args.data), processes=accelerator.num_processes)
+    if "digits" in args.metrics and meta["gan_config"]["channels"] != 1:  # on every rank: none waits for another
+        raise SampleError("--metrics digits reads one-channel digits; this generator draws "
+                          f"{meta['gan_config']['channels']} channels")
+    if "digits" in args.metrics and accelerator.is_main_process:
+        clf, accuracy, held_out = fit_judge(args.seed)
+        z = latents(num_gen, meta["gan_config"]["latent_dim"], args.seed)
+        result["digits"] = {**digit_report(clf, generate(G, z, accelerator.device, args.batch_size)),
+                            "judge": f"SVC(C=10) on 1,500 real digits, held-out accuracy {accuracy:.3f} on {held_out}",
+                            "num_gen": num_gen}
+    if extractor is not None:
+        result.update(fid_kid(args, accelerator, extractor, G, meta, num_gen))
+    return result
+
+
+def fid_kid(args, accelerator, extractor, G, meta, num_gen):
+    manifest, urls = load_manifest(args.data)
     num_real = min(args.real_samples or manifest["count"], manifest["count"])
     result = evaluate(accelerator, G, extractor, lambda: load_into_memory(urls, args.n_cpu)[0], args.data,
                       meta["gan_config"]["latent_dim"], num_gen=num_gen, num_real=num_real,
@@ -69,8 +94,6 @@ def run(args, accelerator, extractor):
         else f"a fixed random subset of {num_real} of {manifest['count']}",
         "latents": f"N(0, I) from torch.Generator seed {args.seed}", "kid_subsets": 100,
         "kid_subset_size": min(1000, result["eval_num_gen"], result["eval_num_real"])}
-    result.update(checkpoint=str(checkpoint), step=meta["global_step"], generator="G_ema" if used_ema else "G",
-                  data=str(args.data), processes=accelerator.num_processes)
     return result
 
 
@@ -79,14 +102,17 @@ def main(argv=None):
     accelerator = Accelerator(cpu=args.cpu)
     try:
         resolve_checkpoint(args.checkpoint), load_manifest(args.data)  # fail fast, before Inception loads
-        extractor, why_not = inception_for_run(accelerator, args.inception_weights)
-        if extractor is None:
-            raise MetricUnavailable(why_not)
+        extractor = None
+        if "fid_kid" in args.metrics:
+            extractor, why_not = inception_for_run(accelerator, args.inception_weights)
+            if extractor is None:
+                raise MetricUnavailable(f"{why_not}; or score digit data with --metrics digits alone")
         result = run(args, accelerator, extractor)
-    except (MetricUnavailable, SampleError, DataError, FileNotFoundError) as e:
+    except (MetricUnavailable, SampleError, CheckpointError, DataError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     if accelerator.is_main_process:
-        print(format_result(result), file=sys.stderr)
+        if "eval_tool" in result:
+            print(format_result(result), file=sys.stderr)
         text = json.dumps(result, indent=2)
         print(text)
         if args.out:

@@ -21,7 +21,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 from gan_dist.evaluation.sample import SampleError, generate, grid_image, latents, load_generator, resolve_checkpoint
 from gan_dist.names import MANIFEST
 from gan_dist.networks.hub import CONFIG, REPO_ID, TAGS, WEIGHTS, HubError, HubGenerator, check_gan_config
-from gan_dist.training.checkpoint import read_meta
+from gan_dist.training.checkpoint import CheckpointError, read_meta
 from gan_dist.training.ema import EMA_FILE
 from gan_dist.training.tracking import read_log
 
@@ -190,7 +190,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         out, config = export(args)
-    except (ExportError, HubError, SampleError) as e:
+    except (ExportError, HubError, SampleError, CheckpointError) as e:
         sys.exit(f"error: {e}")
     print(f"{args.checkpoint}: wrote {out} ({config['weights']} weights at step {config['global_step']}: "
           f"{WEIGHTS}, {CONFIG}, README.md, {GRID})")

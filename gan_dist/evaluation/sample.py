@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torchvision.utils import make_grid
 
 from gan_dist.networks.models import GANConfig, build_models
-from gan_dist.training.checkpoint import META, WEIGHT_FILES, list_checkpoints, read_meta
+from gan_dist.training.checkpoint import META, WEIGHT_FILES, CheckpointError, list_checkpoints, read_meta
 from gan_dist.training.ema import EMA_FILE
 
 
@@ -81,18 +82,32 @@ def load_generator(checkpoint, ema=None, device="cpu"):
         device: where G goes.
     """
     checkpoint = Path(checkpoint)
-    meta = read_meta(checkpoint)
-    G, _ = build_models(GANConfig(**meta["gan_config"]))
+    G, _ = build_models(checkpoint_config(checkpoint))
     ema_path = checkpoint / EMA_FILE
     if ema and not ema_path.is_file():
         raise SampleError(f"--ema: {checkpoint} has no EMA weights ({EMA_FILE}); the run was trained without "
                           "EMA or before it was saved. Use --no-ema for the trained G")
     use_ema = ema_path.is_file() if ema is None else ema
-    path = ema_path if use_ema else checkpoint / meta.get("weights", WEIGHT_FILES)["G"]
+    # fixed names: gan.json's "weights" is only a record, never a path to follow
+    path = ema_path if use_ema else checkpoint / WEIGHT_FILES["G"]
     if not path.is_file():
         raise SampleError(f"{checkpoint} has no generator weights {path.name}")
-    G.load_state_dict(load_file(str(path)))
+    try:
+        G.load_state_dict(load_file(str(path)))
+    except (SafetensorError, OSError, RuntimeError) as e:  # RuntimeError: tensors that do not fit gan.json
+        raise SampleError(f"{path} is damaged or does not match {META} ({str(e).splitlines()[0][:200]}); "
+                          "use another checkpoint") from None
     return G.to(device).eval(), use_ema
+
+
+def checkpoint_config(checkpoint):
+    """The GANConfig in a checkpoint's gan.json, checked (SampleError names what is wrong)."""
+    config = read_meta(checkpoint)["gan_config"]  # CheckpointError if gan.json is not JSON
+    try:
+        return GANConfig(**config)
+    except (ValueError, TypeError) as e:
+        raise SampleError(f"{Path(checkpoint) / META} is malformed ({e.__class__.__name__}: {e}); "
+                          "use another checkpoint") from None
 
 
 def is_hub_model(spec):
@@ -110,7 +125,7 @@ def open_generator(spec, ema=None, device="cpu"):
     if not is_hub_model(spec):
         checkpoint = resolve_checkpoint(spec)
         G, used_ema = load_generator(checkpoint, ema, device)
-        return checkpoint, G, used_ema, read_meta(checkpoint)["gan_config"]["latent_dim"]
+        return checkpoint, G, used_ema, checkpoint_config(checkpoint).latent_dim
     try:
         from gan_dist.networks.hub import HubError, load_exported
     except ImportError as e:
@@ -204,7 +219,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         sample(args)
-    except (SampleError, FileNotFoundError) as e:
+    except (SampleError, CheckpointError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

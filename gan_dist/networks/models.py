@@ -13,6 +13,7 @@ from gan_dist.networks.resnet import ResNetDiscriminator, ResNetGenerator, stage
 
 ARCHS = ("mlp", "dcgan", "resnet")
 RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion")  # recorded only for --arch resnet
+MAX_MLP_PARAMS = 2**30  # the MLP G's last layer grows with the image: 4 GiB of float32 weights at most
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,17 @@ class GANConfig:
     expansion: int = 2  # resnet only: a block's inner width / its width
 
     def __post_init__(self):
+        for name, low, high in (("latent_dim", 1, 4096), ("img_size", 1, 1024), ("channels", 1, 3),
+                                ("base_width", 1, 1024), ("width", 1, 4096), ("blocks", 1, 64),
+                                ("group_size", 1, 4096), ("expansion", 1, 16)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"--{name} must be an integer from {low} to {high}, got {value!r}")
+        if self.channels == 2:
+            raise ValueError("--channels must be 1 (greyscale) or 3 (RGB), got 2")
+        if self.arch == "mlp" and 1024 * self.channels * self.img_size ** 2 > MAX_MLP_PARAMS:
+            raise ValueError(f"--arch mlp at --img_size {self.img_size} x {self.channels} channels needs more than "
+                             f"{MAX_MLP_PARAMS / 1e9:.0f}e9 parameters in G's last layer; use --arch dcgan")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.arch == "dcgan" and (self.img_size not in (32, 64, 128)):
@@ -46,8 +58,8 @@ class GANConfig:
             if self.widths and len(self.widths) != n_stages:
                 raise ValueError(f"--widths needs {n_stages} values at --img_size {self.img_size} (4x4 up to "
                                  f"{self.img_size}x{self.img_size}), got {len(self.widths)}")
-            if min(self.width, self.blocks, self.group_size, self.expansion, *self.widths) < 1:
-                raise ValueError("--width, --widths, --blocks, --group_size and --expansion must be >= 1")
+            if not all(1 <= w <= 4096 for w in self.widths):
+                raise ValueError(f"--widths must lie from 1 to 4096, got {list(self.widths)}")
             for w in set(stage_widths(self)):
                 if w < 1 or (w * self.expansion) % self.group_size:
                     raise ValueError(f"--arch resnet: a stage of width {w} expands to {w * self.expansion} "

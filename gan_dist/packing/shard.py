@@ -15,7 +15,6 @@ written under a temporary name and renamed when complete; manifest.json is writt
 so a directory with a manifest is a finished pack. No torch here.
 """
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -26,12 +25,12 @@ from multiprocessing import Pool
 from multiprocessing.dummy import Pool as ThreadPool
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from gan_dist.dirlock import DirectoryBusy, DirectoryLock
 from gan_dist.names import FORMATS, MANIFEST, SHARD_PATTERN, cores
 from gan_dist.packing.download import sha256_file
+from gan_dist.packing.images import encode_image
 from gan_dist.packing.sources import (  # noqa: F401
     DEFAULTS,
     IMAGE_SUFFIXES,
@@ -43,65 +42,7 @@ from gan_dist.packing.sources import (  # noqa: F401
 )
 
 MANIFEST_VERSION = 2
-SKIP_REASONS = ("unreadable", "duplicate", "unsafe_path", "download_failed")
-
-
-# ---- one image: load, convert, crop, resize, encode (runs in worker processes)
-
-def _open(image):
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(image)
-    with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
-        img.load()  # truncated files fail here, not later
-        return img.copy()
-
-
-def _random_square(img, content, crop, seed, scale):
-    # seeded by content, not by name: identical images get identical crops (and are deduplicated)
-    words = np.frombuffer(content[:16], dtype=np.uint32).tolist()
-    rng = np.random.default_rng([seed, crop, *words])
-    w, h = img.size
-    side = min(max(1, round(rng.uniform(*scale) * min(w, h))), w, h)
-    x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    return img.crop((x, y, x + side, y + side))
-
-
-def _encode(img, fmt, quality):
-    buf = io.BytesIO()
-    if fmt == "png":
-        img.save(buf, format="PNG", compress_level=6)
-    elif fmt == "jpg":
-        img.save(buf, format="JPEG", quality=quality)
-    else:
-        np.save(buf, np.asarray(img), allow_pickle=False)
-    return buf.getvalue()
-
-
-def encode_image(job):
-    """Return (content hash, encoded bytes) for one image job, or None if it cannot be read.
-
-    job = (image, crop, size, channels, fmt, quality, center_crop, seed, crop_scale); `crop` is
-    None for the whole image or the index of a random square crop.
-    """
-    image, crop, size, channels, fmt, quality, center_crop, seed, crop_scale = job
-    try:
-        img = _open(image).convert("L" if channels == 1 else "RGB")
-        h = hashlib.sha256(f"{img.size}".encode())
-        h.update(img.tobytes())
-        content = h.digest()
-        if center_crop:
-            w, h = img.size
-            side = min(center_crop, w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            img = img.crop((left, top, left + side, top + side))
-        if crop is not None:
-            img = _random_square(img, content, crop, seed, crop_scale)
-            content += crop.to_bytes(4, "little")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BICUBIC)
-        return content, _encode(img, fmt, quality)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+SKIP_REASONS = ("unreadable", "unsupported", "duplicate", "unsafe_path", "download_failed")
 
 
 class _ShardSink:
@@ -204,7 +145,28 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
                          image_column=image_column)
     found = SOURCES[source](opts)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise PackError(f"--out {out_dir} is a file, not a directory; pass a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = DirectoryLock(out, "gan_dist.shard")  # two packers into one directory mix their shards
+    except DirectoryBusy as e:
+        raise PackError(f"--out {e}") from None
+    except OSError as e:
+        raise PackError(f"--out {out_dir}: cannot write there ({e.strerror}); pass a directory you can write") from None
+    with lock:
+        try:
+            return _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt, quality,
+                              center_crop, crops_per_image, crop_scale, seed, dedup, sha256, version, progress)
+        except OSError as e:  # a full disk, a quota, a file size limit: the partial files are gone by now
+            for leftover in out.glob(".*.partial"):
+                leftover.unlink(missing_ok=True)
+            raise PackError(f"writing to --out {out_dir} failed ({e.strerror or e}); nothing half-written is "
+                            "left there: free space and pack again") from None
+
+
+def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt, quality, center_crop,
+               crops_per_image, crop_scale, seed, dedup, sha256, version, progress):
     (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is not a finished pack
     for leftover in out.glob(".*.partial"):  # from an interrupted pack
         leftover.unlink()
@@ -233,8 +195,8 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
 
     def drain(work, result):
         for (name, label, _), res in zip(work, result.get()):
-            if res is None:
-                skip(name, "unreadable")
+            if isinstance(res, str):
+                skip(name, res)
             elif dedup and res[0] in seen:
                 skip(name, "duplicate")
             else:
@@ -339,7 +301,8 @@ def main(argv=None):
     except PackError as e:
         sys.exit(f"error: {e}")
     print(f"packed {m['count']} images ({m['size']}x{m['size']}x{m['channels']} {m['image_format']}) into "
-          f"{len(m['shards'])} shards in {out}; skipped: {_reasons(m['skipped'])}")
+          f"{len(m['shards'])} shards in {out}; skipped: {_reasons(m['skipped'])}"
+          + (f" (e.g. {', '.join(m['skipped_examples'][:5])})" if m["skipped_examples"] else ""))
     if m.get("expected_count") and m["count"] != m["expected_count"]:
         print(f"note: expected {m['expected_count']} images from this source, got {m['count']}")
     if m.get("notice"):

@@ -137,6 +137,9 @@ def _folder_items(root):
     return [Item(str(p.relative_to(root)), str(p)) for p in paths]
 
 
+MAX_MEMBER_BYTES = 256 << 20  # one image file in an archive; a larger member (a zip bomb) is skipped unread
+
+
 def unsafe_member(name):
     """True for archive member names that would escape an extraction directory."""
     parts = name.replace("\\", "/").split("/")
@@ -161,6 +164,9 @@ def iter_archive(path):
                 if unsafe_member(info.filename):
                     yield Skip(info.filename, "unsafe_path")
                     continue
+                if info.file_size > MAX_MEMBER_BYTES:  # zipfile never inflates past the declared size
+                    yield Skip(info.filename, "unsupported")
+                    continue
                 try:
                     data = zf.read(info)
                 except (zipfile.BadZipFile, zlib.error, OSError, EOFError):
@@ -175,6 +181,8 @@ def iter_archive(path):
                         continue
                     if unsafe_member(m.name) or m.issym() or m.islnk():
                         yield Skip(m.name, "unsafe_path")
+                    elif m.isfile() and m.size > MAX_MEMBER_BYTES:
+                        yield Skip(m.name, "unsupported")
                     elif m.isfile():
                         yield Item(m.name, tar.extractfile(m).read())
             except (tarfile.TarError, zlib.error, EOFError, OSError):

@@ -8,13 +8,19 @@ an EMA of G, `optimizer.bin`/`optimizer_1.bin`,
 epoch, batch within the epoch, images seen, skipped samples). It is written to
 `.checkpoint-STEP.partial` and renamed when every rank has finished, so a directory named
 `checkpoint-STEP` is always complete; a run killed while saving leaves only the previous one.
+gan.json's `save_index` orders checkpoints by when they were written: `latest` is the last
+written and pruning removes the first written, so resuming from an older checkpoint never
+loses the new one.
 """
 import json
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import load
+from safetensors import SafetensorError
 
 from gan_dist.training.ema import EMA_FILE, save_ema
 
@@ -23,12 +29,22 @@ META = "gan.json"
 WEIGHT_FILES = {"G": "model.safetensors", "D": "model_1.safetensors"}  # order of prepare()
 
 
+def _save_index(path):
+    """The order in which a checkpoint was written (0 for one that does not say)."""
+    try:
+        index = json.loads((path / META).read_text()).get("save_index", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return index if isinstance(index, int) else 0
+
+
 def list_checkpoints(output_dir):
-    """Complete checkpoints under output_dir/checkpoints, oldest first, as (step, path)."""
+    """Complete checkpoints under output_dir/checkpoints as (step, path), in the order they were written:
+    the last is the latest even when a resume from an older checkpoint wrote a lower step after a higher one."""
     root = Path(output_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in root.glob("checkpoint-*")
+    found = [(_save_index(p), int(m.group(1)), p) for p in root.glob("checkpoint-*")
              if (m := CHECKPOINT_RE.match(p.name)) and (p / META).is_file()]
-    return sorted(found)
+    return [(step, path) for _, step, path in sorted(found)]
 
 
 def resolve_resume(resume_from, output_dir):
@@ -52,8 +68,67 @@ def remove_partials(output_dir):
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be resumed from: damaged, not trusted, or not exactly restorable."""
+
+
 def read_meta(path):
-    return json.loads((Path(path) / META).read_text())
+    """A checkpoint's gan.json as a dict (CheckpointError if it is not one)."""
+    try:
+        meta = json.loads((Path(path) / META).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{Path(path) / META} is malformed ({e.__class__.__name__}); "
+                              "use another checkpoint") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("global_step"), int) \
+            or not isinstance(meta.get("gan_config"), dict):
+        raise CheckpointError(f"{Path(path) / META} is malformed (no global_step or gan_config); "
+                              "use another checkpoint")
+    return meta
+
+
+def _check_random_states(path, rank):
+    """Raise CheckpointError unless this rank's RNG file loads: Accelerate skips a bad one silently, and the
+    resumed run would then draw other noise than the run it continues."""
+    states = Path(path) / f"random_states_{rank}.pkl"
+    try:
+        loaded = load(states)
+        ok = isinstance(loaded, dict) and {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(loaded)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no {states.name}: the resume could not be exact; "
+                              "resume from another checkpoint (or with the process count it was saved with)") from None
+    except pickle.UnpicklingError as e:
+        if _code_named(e):
+            raise _untrusted(states, e) from None
+        ok = False
+    except Exception:  # any damage; the file's bytes are not shown
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{states} is damaged: the resume could not be exact; resume from another checkpoint")
+
+
+def _code_named(error):
+    """The line of weights_only's refusal that names a global the pickle would import, if that is why."""
+    found = re.search(r"[^\n]*unsupported (global|class)[^\n]*", str(error), re.IGNORECASE)
+    return found.group(0)[:200] if found else None
+
+
+def _untrusted(path, error):
+    return CheckpointError(f"{path} is not a trusted checkpoint: it holds pickled objects other than tensors and "
+                           f"plain data ({_code_named(error)}); use a checkpoint gan-dist wrote")
+
+
+def load_checkpoint(accelerator, path):
+    """accelerator.load_state(path), with every rank's RNG checked first and damage named (CheckpointError)."""
+    _check_random_states(path, accelerator.process_index)
+    try:
+        accelerator.load_state(str(path))  # safetensors, and torch.load(weights_only=True) for the rest
+    except pickle.UnpicklingError as e:
+        if _code_named(e):
+            raise _untrusted(path, e) from None
+        raise CheckpointError(f"{path} is damaged (a file is not a readable pickle); use another checkpoint") from None
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is damaged ({e.__class__.__name__}: {str(e).splitlines()[0][:200]}); "
+                              "resume from another checkpoint") from None
 
 
 def check_finite(modules, step):
@@ -79,21 +154,31 @@ def save_checkpoint(accelerator, output_dir, step, gan_config, position, total_l
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if ema is not None:
+                save_ema(ema, partial)
+            weights = {**WEIGHT_FILES, **({"G_ema": EMA_FILE} if ema is not None else {})}
+            save_index = 1 + max((_save_index(p) for _, p in list_checkpoints(output_dir)), default=0)
+            meta = {"global_step": step, "save_index": save_index, **position, "gan_config": gan_config.to_dict(),
+                    "weights": weights}
+            (partial / META).write_text(json.dumps(meta, indent=2))
+    except (OSError, RuntimeError, SafetensorError) as e:  # a full disk or quota, as each writer reports it
+        shutil.rmtree(partial, ignore_errors=True)
+        last = list_checkpoints(output_dir)
+        raise CheckpointError(f"writing checkpoint-{step} failed ({str(e).splitlines()[0][:200]}); "
+                              + (f"{last[-1][1].name} is kept: free space and resume with --resume_from_checkpoint "
+                                 "latest" if last else "no checkpoint was kept: free space and start again")) from None
     if accelerator.is_main_process:
-        if ema is not None:
-            save_ema(ema, partial)
-        weights = {**WEIGHT_FILES, **({"G_ema": EMA_FILE} if ema is not None else {})}
-        meta = {"global_step": step, **position, "gan_config": gan_config.to_dict(), "weights": weights}
-        (partial / META).write_text(json.dumps(meta, indent=2))
         replaced = root / f".checkpoint-{step}.old"
         if final.exists():  # the same step trained again after resuming from an older checkpoint
             shutil.rmtree(replaced, ignore_errors=True)
             final.rename(replaced)
         partial.rename(final)
         shutil.rmtree(replaced, ignore_errors=True)
-        if total_limit:
+        if total_limit:  # the oldest written go; the one just written is always the newest
             for _, old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()

@@ -6,76 +6,31 @@ of shards, and no rank runs dry before another), samples pass a shuffle buffer, 
 the loader stops after exactly `steps_per_epoch` batches on every rank. Restarting an
 epoch with the same seed replays it batch for batch, which is what resume relies on.
 Workers read the tars with gan_dist.training.tarstream and decode in the worker (PNG/JPEG with
-torchvision.io, .npy without a copy); with `encoded=True` they pass JPEG bytes on for
+torchvision.io, a PNG only once gan_dist.training.pngcheck has found it well-formed; .npy
+without a copy); with `encoded=True` they pass JPEG bytes on for
 `decode_on_device`. Batches stay uint8 until they reach the device; `to_device_float`
 scales them there.
 """
 import io
-import json
 import sys
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from gan_dist.names import MANIFEST
+from gan_dist.training.manifest import (  # noqa: F401 (the trainer and the bench import them from here)
+    DataError,
+    check_batch,
+    check_matches,
+    load_manifest,
+    shard_counts,
+)
+from gan_dist.training.pngcheck import plain_png
 from gan_dist.training.preemption import ignore_stop_signals
 from gan_dist.training.tarstream import tar_samples
-
-
-class DataError(Exception):
-    """The training data is missing, empty or does not match the requested options."""
-
-
-def load_manifest(data, shard_url=None):
-    """Read `data/manifest.json` and return (manifest, shard URLs).
-
-    Args:
-        data: a directory written by `python -m gan_dist.shard` (or holding just its manifest.json).
-        shard_url: where the shards are, if not beside the manifest: a template in which `{file}`
-            becomes each shard's name, e.g. "pipe:aws s3 cp s3://bucket/lfw/{file} -" or
-            "https://host/lfw/{file}" (anything WebDataset opens).
-    """
-    root = Path(data).expanduser()
-    if not root.exists():
-        raise DataError(f"--data {data}: no such directory; pack one with "
-                        f"`python -m gan_dist.shard SOURCE --out {data}` (or `make shards-demo`)")
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise DataError(f"--data {data}: no {MANIFEST} (not a finished pack); (re)run "
-                        f"`python -m gan_dist.shard SOURCE --out {data}`")
-    manifest = json.loads(manifest_path.read_text())
-    shards = [s for s in manifest.get("shards", []) if s["count"] > 0]
-    if manifest.get("count", 0) == 0 or not shards:
-        raise DataError(f"--data {data}: the pack holds no images; repack it from a source with images")
-    if shard_url:
-        if "{file}" not in shard_url:
-            raise DataError(f"--shard_url {shard_url!r} has no {{file}} placeholder for the shard names")
-        return manifest, [shard_url.replace("{file}", s["file"]) for s in shards]
-    urls = [str(root / s["file"]) for s in shards]
-    missing = [u for u in urls if not Path(u).is_file()]
-    if missing:
-        raise DataError(f"--data {data}: {len(missing)} shard(s) named in {MANIFEST} are missing, "
-                        f"e.g. {missing[0]}; repack the directory, or pass --shard_url if they live elsewhere")
-    return manifest, urls
-
-
-def check_matches(manifest, img_size, channels, data, jpeg=False):
-    """Raise DataError unless the shards hold img_size x img_size x channels images (as JPEG if `jpeg`)."""
-    if (manifest["size"], manifest["channels"]) != (img_size, channels):
-        raise DataError(
-            f"--data {data} holds {manifest['size']}x{manifest['size']}x{manifest['channels']} "
-            f"images but the model was asked for --img_size {img_size} --channels {channels}; "
-            f"pass --img_size {manifest['size']} --channels {manifest['channels']} "
-            f"or repack with --size {img_size} --channels {channels}")
-    fmt = manifest.get("image_format", "png")
-    if jpeg and fmt != "jpg":
-        raise DataError(f"--decode_on_device decodes JPEG, but --data {data} holds {fmt} images; "
-                        "repack it with `python -m gan_dist.shard ... --format jpg`, or drop the flag")
-
 
 _NPY_HEADERS = {}  # a .npy header -> (image shape, values); one entry per dataset layout
 
@@ -105,10 +60,23 @@ def _decode(sample):
     """A sample -> its image: uint8 (C, H, W) tensor for PNG/JPEG, uint8 (H, W, C) numpy view for .npy."""
     if "npy" in sample:
         return _npy_array(_writable(sample["npy"]))
-    for key in ("png", "jpg", "jpeg"):
+    if "png" in sample:
+        if not plain_png(sample["png"]):
+            return _pil_decode(sample["png"])
+        return decode_image(torch.frombuffer(_writable(sample["png"]), dtype=torch.uint8))
+    for key in ("jpg", "jpeg"):
         if key in sample:
             return decode_image(torch.frombuffer(_writable(sample[key]), dtype=torch.uint8))
     raise ValueError(f"sample {sample.get('__key__')} has no image (keys: {sorted(sample)})")
+
+
+def _pil_decode(data):
+    """PNG bytes in a layout torchvision is not trusted with -> uint8 (C, H, W), greyscale or RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode not in ("L", "RGB"):
+            img = img.convert("RGB" if img.mode in ("P", "RGBA", "LA", "CMYK") else "L")
+        arr = np.array(img)
+    return torch.from_numpy(arr[:, :, None] if arr.ndim == 2 else arr).permute(2, 0, 1).contiguous()
 
 
 def _collate(images):
@@ -207,11 +175,6 @@ def _skip_bad_shard(exn):
     return True
 
 
-def shard_counts(manifest, urls):
-    """{url: images the manifest promises} for the URLs load_manifest returned."""
-    return dict(zip(urls, (s["count"] for s in manifest["shards"] if s["count"] > 0)))
-
-
 def _checked_shard_samples(src, expected):
     """Shards -> samples; a shard that yields fewer samples than `expected` says (a tar cut short at a
     member boundary reads as a clean end) is reported, and its missing samples come out as None."""
@@ -250,6 +213,26 @@ def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000, expected=No
     )
 
 
+def _failure(exn):
+    """An exception from a loader -> one line: the worker's own last traceback line, else the exception."""
+    text = str(exn).strip()
+    if "Original Traceback" in text:  # re-raised from a worker: its last line names the error
+        return text.splitlines()[-1][:300]
+    return f"{type(exn).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def _loader_batches(loader):
+    """Iterate a DataLoader; a failure in it or in one of its workers becomes a DataError."""
+    try:
+        yield from loader
+    except Exception as exn:
+        failure = _failure(exn)
+    else:
+        return
+    raise DataError(f"reading the shards failed: {failure}; repack the data with `python -m gan_dist.shard`"
+                    " (or, with --shard_url, check that its command or URL works)")
+
+
 def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, skip=0,
                   pin_memory=False, expected=None, encoded=False):
     """Yield exactly `steps_per_epoch - skip` (uint8 batch, images skipped) of this rank's stream for `epoch`.
@@ -272,7 +255,7 @@ def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, s
         # An explicit generator keeps the loader from drawing from the global torch RNG,
         # which would shift every later noise sample (and break exact resume).
         generator=torch.Generator().manual_seed(seed))
-    yield from islice(loader, skip, steps_per_epoch)
+    yield from islice(_loader_batches(loader), skip, steps_per_epoch)
 
 
 def decoded_gib(manifest):
@@ -307,7 +290,7 @@ def load_into_memory(urls, num_workers=0, expected=None):
                                          worker_init_fn=ignore_stop_signals,
                                          generator=torch.Generator())  # leave the global RNG alone
     names, chunks, skipped = [], [], 0
-    for chunk_names, chunk, failed in loader:
+    for chunk_names, chunk, failed in _loader_batches(loader):
         names += chunk_names
         skipped += failed
         if chunk is not None:

@@ -6,11 +6,13 @@ one (residual nets, relativistic loss with R1 + R2, Adam (0, 0.99), cosine decay
 a ramp-up). Those options default to None here, so an explicit flag always wins.
 """
 import argparse
+import math
 import os
 
 from gan_dist.networks.augment import parse_policy
 from gan_dist.networks.losses import LOSSES
 from gan_dist.networks.models import ARCHS, GANConfig
+from gan_dist.training.config_file import apply_config
 from gan_dist.training.ddp import COMM_HOOKS
 
 # R3GAN's gamma per resolution: CIFAR-10 at 32, FFHQ at 64 and 256; 128 geometrically between.
@@ -88,10 +90,15 @@ def parse_args(argv=None):
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--sample_interval", type=int, default=500, help="steps between sample grids")
     # data, model, run
-    p.add_argument("--data", required=True, help="shard directory written by `python -m gan_dist.shard`")
+    p.add_argument("--config", default=None,
+                   help="YAML or JSON file of option values, e.g. configs/*.yaml or a run's args.json; flags given "
+                        "here win")
+    p.add_argument("--data", default=None, help="shard directory written by `python -m gan_dist.shard` (required)")
     p.add_argument("--shard_url", default=None,
                    help="shards elsewhere (object storage, HTTP): a URL with {file} for each shard name, e.g. "
                         "'pipe:aws s3 cp s3://bucket/lfw/{file} -'; --data then only needs manifest.json")
+    p.add_argument("--skip_verify", action="store_true",
+                   help="read local shards without checking them against the sha256 in manifest.json")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help=preset_help("arch", "mlp: the vanilla MLP pair; dcgan: conv nets; resnet: R3GAN-style"))
     # the recipe: networks, loss, penalties, optimizers and schedules
@@ -165,7 +172,15 @@ def parse_args(argv=None):
     p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-STEP directory or 'latest'")
     p.add_argument("--max_skip_fraction", type=float, default=0.01,
                    help="stop when more than this fraction of samples read could not be decoded")
+    config = p.parse_known_args(argv)[0].config
+    if config is not None:
+        try:
+            apply_config(p, config)
+        except ValueError as e:
+            p.error(str(e))
     args = resolve_preset(p.parse_args(argv))
+    if args.data is None:
+        p.error("--data is required (on the command line or in --config)")
     for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples",
                  "fid_samples", "colour_samples", "reg_every"):
         if getattr(args, name) < 1:
@@ -183,6 +198,17 @@ def parse_args(argv=None):
             p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        p.error(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
+    ranges = {  # name: (check, what it must be)
+        "n_cpu": (lambda v: 0 <= v <= 1024, "from 0 to 1024"), "eval_steps": (lambda v: v >= 0, ">= 0"),
+        "ddp_bucket_cap_mb": (lambda v: v >= 1, ">= 1"), "lr": (lambda v: 0 < v < math.inf, "> 0 and finite"),
+        "b1": (lambda v: 0 <= v < 1, "in [0, 1)"), "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        "cache_gb": (lambda v: v >= 0, ">= 0"), "ema_kimg": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),
+        "max_skip_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+    for name, (ok, what) in ranges.items():
+        if not ok(getattr(args, name)):  # NaN fails every comparison
+            p.error(f"--{name} must be {what}, got {getattr(args, name)}")
     if args.ema_rampup is not None and args.ema_rampup <= 0:
         p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
     try:

@@ -8,14 +8,18 @@ regular files, directories, links, pax headers ('x', 'g') and GNU long names ('L
 WebDataset still opens the URLs (local paths, `pipe:`, http) and groups members into
 samples by key; only the member loop is ours.
 """
+import os
 import re
 
 import webdataset as wds
 
 BLOCK = 512
+MAX_MEMBER = 256 << 20  # a shard member is one image; larger is damage, and would be allocated whole
 _EMPTY = bytes(BLOCK)
 _META = re.compile(r"__[^/]*__($|/)")  # WebDataset's metadata members, skipped as it skips them
 _REGULAR = (b"0", b"\0", b"7")
+_PAX_LENGTH = re.compile(rb"(\d{1,9}) ")
+_DIGITS = re.compile(r"\d{1,12}")
 
 
 class TarFormatError(ValueError):
@@ -48,19 +52,47 @@ def _number(field):
     try:
         return int(digits, 8) if digits else 0
     except ValueError:
-        raise TarFormatError(f"bad numeric field {bytes(field)!r} in a tar header") from None
+        raise TarFormatError("bad numeric field in a tar header (damaged or not a tar archive)") from None
 
 
 def _pax_records(data):
-    """A pax extended header's 'LENGTH key=value\\n' records as a dict."""
+    """A pax extended header's 'LENGTH key=value\\n' records as a dict (TarFormatError if malformed)."""
     records, pos = {}, 0
     while pos < len(data) and data[pos] != 0:
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = bytes(data[space + 1:pos + length - 1]).partition(b"=")
-        records[key.decode()] = value.decode("utf-8", "surrogateescape")
-        pos += length
+        match = _PAX_LENGTH.match(data, pos)
+        end = pos + int(match.group(1)) if match else 0
+        # each record must move on and end inside the header, in a newline, with a key=value between
+        if not match or end <= match.end() or end > len(data) or data[end - 1] != 0x0A:
+            raise TarFormatError("malformed pax header record (damaged or not a tar archive)")
+        key, eq, value = bytes(data[match.end():end - 1]).partition(b"=")
+        if not eq:
+            raise TarFormatError("malformed pax header record (damaged or not a tar archive)")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos = end
     return records
+
+
+def _member_size(header, pax, remaining):
+    """A member's size from its pax record or header, checked against MAX_MEMBER and what the file has left."""
+    if "size" in pax:
+        if not _DIGITS.fullmatch(pax["size"]):
+            raise TarFormatError("malformed pax size (damaged or not a tar archive)")
+        size = int(pax["size"])
+    else:
+        size = _number(header[124:136])
+    if size > MAX_MEMBER:
+        raise TarFormatError(f"tar member of {size} bytes, above the {MAX_MEMBER >> 20} MiB a shard member may hold")
+    if remaining is not None and size > remaining:
+        raise TarFormatError(f"tar member cut short (expected {size} bytes, {remaining} left in the file)")
+    return size
+
+
+def _remaining(stream):
+    """Bytes left in a regular file, or None for pipes and sockets (whose length is unknown)."""
+    try:
+        return os.fstat(stream.fileno()).st_size - stream.tell()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def tar_members(stream):
@@ -80,7 +112,7 @@ def tar_members(stream):
         if expected != sum(header) - sum(header[148:156]) + 8 * 32:
             raise TarFormatError("tar header checksum mismatch (damaged or not a tar archive)")
         kind = bytes(header[156:157])
-        size = int(pax["size"]) if "size" in pax else _number(header[124:136])
+        size = _member_size(header, pax, _remaining(stream))
         data = bytearray(size)
         if _read_into(stream, data) < size:
             raise TarFormatError(f"tar member cut short (expected {size} bytes)")
@@ -105,6 +137,13 @@ def tar_members(stream):
             long_name, pax = None, {}
 
 
+def _close_quietly(stream):
+    try:
+        stream.close()
+    except Exception:  # a pipe killed mid-stream reports it here; the shard is already being given up
+        pass
+
+
 def _expand_shards(sources, handler):
     """Opened shards -> {"fname", "data", "__url__"} per member, then {} at each shard's end (as WebDataset's
     own expander, which group_by_keys expects)."""
@@ -114,12 +153,15 @@ def _expand_shards(sources, handler):
             for name, data in tar_members(stream):
                 if not _META.match(name):
                     yield {"fname": name, "data": data, "__url__": source["url"]}
+            stream.close()  # a `pipe:` command's exit status is checked here
         except Exception as exn:
+            _close_quietly(stream)
             exn.args = exn.args + (source["url"],)
             if not handler(exn):
                 break
-        finally:
-            stream.close()
+        except BaseException:  # GeneratorExit: the consumer stopped reading
+            _close_quietly(stream)
+            raise
         yield {}  # also after a damaged shard: its last member never joins the next shard's first sample
 
 

@@ -185,17 +185,6 @@ def parse_args(argv=None):
                  "fid_samples", "colour_samples", "reg_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    for name in ("lr_g", "lr_d"):
-        if not getattr(args, name) > 0:
-            p.error(f"--{name} (or --lr) must be > 0, got {getattr(args, name)}")
-    if args.schedule_kimg is not None and not args.schedule_kimg > 0:
-        p.error(f"--schedule_kimg must be > 0, got {args.schedule_kimg}")
-    for name in ("r1_gamma", "r2_gamma", "ema_kimg", "lr_end_ratio", "gamma_end_ratio"):
-        if not getattr(args, name) >= 0:
-            p.error(f"--{name} must be >= 0, got {getattr(args, name)}")
-    for name in ("betas_g", "betas_d"):
-        if not all(0 <= b < 1 for b in getattr(args, name)):
-            p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
@@ -209,6 +198,17 @@ def parse_args(argv=None):
     for name, (ok, what) in ranges.items():
         if not ok(getattr(args, name)):  # NaN fails every comparison
             p.error(f"--{name} must be {what}, got {getattr(args, name)}")
+    for name in ("lr_g", "lr_d"):
+        if not 0 < getattr(args, name) < math.inf:
+            p.error(f"--{name} (or --lr) must be > 0 and finite, got {getattr(args, name)}")
+    if args.schedule_kimg is not None and not args.schedule_kimg > 0:
+        p.error(f"--schedule_kimg must be > 0, got {args.schedule_kimg}")
+    for name in ("r1_gamma", "r2_gamma", "ema_kimg", "lr_end_ratio", "gamma_end_ratio"):
+        if not getattr(args, name) >= 0:
+            p.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+    for name in ("betas_g", "betas_d"):
+        if not all(0 <= b < 1 for b in getattr(args, name)):
+            p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
     if args.ema_rampup is not None and args.ema_rampup <= 0:
         p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
     try:

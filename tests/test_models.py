@@ -110,7 +110,7 @@ def test_resnet_config_round_trips_through_gan_json():
 @pytest.mark.parametrize("kwargs,match", [({"img_size": 48}, "32, 64, 128 or 256"),
                                           ({"widths": (64, 64, 32)}, "needs 4 values"),
                                           ({"width": 24, "group_size": 32}, "multiple of --group_size"),
-                                          ({"blocks": 0}, ">= 1")])
+                                          ({"blocks": 0}, "--blocks must be an integer from 1 to 64")])
 def test_bad_resnet_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GANConfig(**{"arch": "resnet", "img_size": 32, **kwargs})

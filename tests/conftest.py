@@ -116,3 +116,17 @@ def make_damaged_shards(root, truncate=True):
         shard["sha256"] = sha256_file(root / shard["file"])
     (root / "manifest.json").write_text(json.dumps(m))
     return root
+
+
+def call_main(main, capsys, *args):
+    """A command's main(ARGS) in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:  # argparse errors, and main's "error: ..." exits
+        code = e.code
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+    out, err = capsys.readouterr()
+    return code, out, err

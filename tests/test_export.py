@@ -1,10 +1,9 @@
 import json
 import shutil
-import sys
 
 import pytest
 import torch
-from conftest import run_module
+from conftest import call_main, run_module
 from PIL import Image
 
 pytest.importorskip("huggingface_hub", reason="the hf extra is not installed: pip install '.[hf]'")
@@ -42,18 +41,6 @@ def exported(run, tmp_path_factory):
     return out
 
 
-def call(main, capsys, *args):
-    """main(ARGS) in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-        if isinstance(code, str):
-            print(code, file=sys.stderr)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def pngs(folder, n):
@@ -77,7 +64,7 @@ def test_from_pretrained_gives_the_checkpoints_generator(run, exported):
 
 def test_sample_from_export_matches_the_checkpoint(run, exported, tmp_path, capsys):
     for name, spec in (("ckpt", run), ("export", exported)):
-        code, out, err = call(sample_main, capsys, "--checkpoint", spec, "--n", 4, "--seed", 5,
+        code, out, err = call_main(sample_main, capsys, "--checkpoint", spec, "--n", 4, "--seed", 5,
                               "--out_dir", tmp_path / name, "--device", "cpu")
         assert code == 0, err
     assert pngs(tmp_path / "ckpt", 4) == pngs(tmp_path / "export", 4)
@@ -110,16 +97,16 @@ def test_model_card_names_config_data_recipe_and_metrics(exported):
 
 
 def test_weights_G_and_ema_flags(run, exported, tmp_path, capsys):
-    code, out, err = call(export_mod.main, capsys, "--checkpoint", run, "--out", tmp_path / "g", "--weights", "G")
+    code, out, err = call_main(export_mod.main, capsys, "--checkpoint", run, "--out", tmp_path / "g", "--weights", "G")
     assert code == 0, err
     G_plain, used_ema = load_generator(run / "checkpoints" / "checkpoint-2", ema=False)
     z = latents(4, 100, seed=0)
     with torch.no_grad():
         assert torch.equal(HubGenerator.from_pretrained(tmp_path / "g")(z), G_plain(z))
-    code, out, err = call(sample_main, capsys, "--checkpoint", tmp_path / "g", "--n", 2, "--out_dir", tmp_path / "s",
+    code, out, err = call_main(sample_main, capsys, "--checkpoint", tmp_path / "g", "--n", 2, "--out_dir", tmp_path / "s",
                           "--ema")
     assert code != 0 and "holds the trained G only" in err
-    code, out, err = call(sample_main, capsys, "--checkpoint", exported, "--n", 2, "--out_dir", tmp_path / "s",
+    code, out, err = call_main(sample_main, capsys, "--checkpoint", exported, "--n", 2, "--out_dir", tmp_path / "s",
                           "--no-ema")
     assert code != 0 and "holds the EMA weights (G_ema) only" in err
 
@@ -130,20 +117,20 @@ def one_error_line(err):
 
 
 def test_bad_inputs_are_one_line_errors(exported, tmp_path, capsys):
-    code, out, err = call(export_mod.main, capsys, "--checkpoint", tmp_path / "none", "--out", tmp_path / "x")
+    code, out, err = call_main(export_mod.main, capsys, "--checkpoint", tmp_path / "none", "--out", tmp_path / "x")
     assert code != 0 and one_error_line(err) and "neither a checkpoint" in err
     (tmp_path / "empty").mkdir()
-    code, out, err = call(sample_main, capsys, "--checkpoint", tmp_path / "empty", "--n", 1, "--out_dir", tmp_path)
+    code, out, err = call_main(sample_main, capsys, "--checkpoint", tmp_path / "empty", "--n", 1, "--out_dir", tmp_path)
     assert code != 0 and one_error_line(err) and "config.json" in err
-    code, out, err = call(sample_main, capsys, "--checkpoint", "hf://nobody/no-model", "--n", 1, "--out_dir", tmp_path)
+    code, out, err = call_main(sample_main, capsys, "--checkpoint", "hf://nobody/no-model", "--n", 1, "--out_dir", tmp_path)
     assert code != 0 and one_error_line(err) and "HF_HUB_OFFLINE" in err
     shutil.copytree(exported, tmp_path / "no_weights", ignore=shutil.ignore_patterns("*.safetensors"))
-    code, out, err = call(sample_main, capsys, "--checkpoint", tmp_path / "no_weights", "--n", 1, "--out_dir", tmp_path)
+    code, out, err = call_main(sample_main, capsys, "--checkpoint", tmp_path / "no_weights", "--n", 1, "--out_dir", tmp_path)
     assert code != 0 and one_error_line(err) and "has no model.safetensors" in err
-    code, out, err = call(export_mod.main, capsys, "--checkpoint", tmp_path / "none", "--out", tmp_path / "x",
+    code, out, err = call_main(export_mod.main, capsys, "--checkpoint", tmp_path / "none", "--out", tmp_path / "x",
                           "--push_to_hub")
     assert code != 0 and "--hub_model_id" in err
-    code, out, err = call(export_mod.main, capsys, "--checkpoint", tmp_path, "--out", tmp_path / "x",
+    code, out, err = call_main(export_mod.main, capsys, "--checkpoint", tmp_path, "--out", tmp_path / "x",
                           "--hub_model_id", "no id")
     assert code != 0 and "expected user/name" in err
 
@@ -161,12 +148,12 @@ def test_untrusted_config_is_refused(exported, tmp_path, capsys, change, message
     config = json.loads((folder / "config.json").read_text())
     config["gan_config"].update(change)
     (folder / "config.json").write_text(json.dumps(config))
-    code, out, err = call(sample_main, capsys, "--checkpoint", folder, "--n", 1, "--out_dir", tmp_path / "s")
+    code, out, err = call_main(sample_main, capsys, "--checkpoint", folder, "--n", 1, "--out_dir", tmp_path / "s")
     assert code != 0 and one_error_line(err) and message in err, err
 
 
 def test_export_refuses_a_foreign_nonempty_out_dir(run, tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    code, out, err = call(export_mod.main, capsys, "--checkpoint", run, "--out", tmp_path / "busy")
+    code, out, err = call_main(export_mod.main, capsys, "--checkpoint", run, "--out", tmp_path / "busy")
     assert code != 0 and one_error_line(err) and "not empty" in err

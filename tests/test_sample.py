@@ -1,10 +1,9 @@
 import json
 import shutil
-import sys
 
 import pytest
 import torch
-from conftest import run_module
+from conftest import call_main, run_module
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -37,16 +36,7 @@ def ema_checkpoint(checkpoint, tmp_path_factory):
 
 def sample(capsys, *args):
     """`python -m gan_dist.sample ARGS` in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in (*args, "--device", "cpu")])
-        code = 0
-    except SystemExit as e:  # argparse errors, and main's "error: ..." exits
-        code = e.code
-        if isinstance(code, str):
-            print(code, file=sys.stderr)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call_main(main, capsys, *args, "--device", "cpu")
 
 
 def test_grid_and_one_png_per_image(checkpoint, tmp_path):

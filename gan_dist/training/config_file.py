@@ -1,4 +1,4 @@
-"""`--config FILE`: option values from a YAML or JSON file (a run's own args.json works); flags given on the command line win.
+"""`--config FILE`: option values from a YAML or JSON file (a run's args.json works); command-line flags win.
 
     python -m gan_dist.train --config configs/modern-digits.yaml --output_dir runs/again
     python -m gan_dist.train --config runs/demo/args.json --output_dir runs/demo-again   # repeat a run

@@ -252,7 +252,8 @@ def train(args):
 
             # ---- (1) D step, (2) G step (gan_step), then G's moving average
             loss_D, loss_G, real_logits, fake_logits = gan_step(
-                accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now, augment, args.loss, r1_gamma, r2_gamma)
+                accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now, augment,
+                args.loss, r1_gamma, r2_gamma)
             if G_ema is not None:
                 ema_update(G_ema, G, global_batch, args.ema_kimg, step * global_batch, args.ema_rampup)
 

@@ -18,6 +18,7 @@ accelerator = Accelerator(cpu=True)
 rank, world = accelerator.process_index, accelerator.num_processes
 torch.manual_seed(0)
 G, D = build_models(GANConfig("resnet", latent_dim=8, img_size=32, channels=3, widths=(16, 16, 8, 8), group_size=8))
+G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)  # as the trainer runs them
 with torch.no_grad():  # give the zero-initialised last convs weights, so every layer has a gradient
     for net in (G, D):
         for p in net.parameters():

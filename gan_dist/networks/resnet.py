@@ -117,6 +117,19 @@ class ResNetGenerator(nn.Module):
         return self.to_image(self.stages(x))  # each stage doubles: ... -> (B, w_last, H, W)
 
 
+class DepthwiseBasis(nn.Module):
+    """D's last layer: a depthwise 4x4 conv on a 4x4 input (a weight per channel and pixel), as a product and sum.
+    The weight is 3-D, so channels-last leaves it alone: a 4-D (w, 1, 4, 4) conv weight gets strides there that
+    its gradient does not have, and DDP warns on every such mismatch."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(width, 4, 4) / 4)  # He init: fan-in 16
+
+    def forward(self, x):  # (B, w, 4, 4) -> (B, w)
+        return (x * self.weight.to(x.dtype)).sum((2, 3))
+
+
 class ResNetDiscriminator(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -129,10 +142,9 @@ class ResNetDiscriminator(nn.Module):
             stages.append(nn.Sequential(*blocks, *([Transition(w, widths[i + 1], "down")]
                                                   if i + 1 < len(widths) else [])))
         self.stages = nn.Sequential(*stages)
-        self.basis = conv(widths[-1], widths[-1], 4, groups=widths[-1])  # depthwise 4x4 -> 1x1
-        self.basis.padding = (0, 0)
+        self.basis = DepthwiseBasis(widths[-1])
         self.to_logit = msr_init_(nn.Linear(widths[-1], 1))
 
     def forward(self, img):  # (B, C, H, W) -> (B, 1) logits
         x = self.stages(self.from_image(img))  # (B, w_last, 4, 4)
-        return self.to_logit(self.basis(x).flatten(1))
+        return self.to_logit(self.basis(x))

@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# two workers (pytest-xdist): most tests wait on a subprocess's start or on one core
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 # ---- embedded datasets (shipped inside scikit-learn / scikit-image: no download)
 $(SHARDS)/digits/manifest.json: | install
@@ -74,9 +76,11 @@ bench: install
 	$(BIN)/python -m gan_dist.bench all --out $(RUNS)/bench.json $(BENCH_FLAGS)
 
 # ---- recipe quality: modes of stacked digits covered by the vanilla MLP, DCGAN and the modern recipe,
-# each trained on QUALITY_KIMG thousand images by 2 CPU processes (about 10 min for modern at 200 on 2 idle cores)
-QUALITY_KIMG ?= 200
+# each trained on QUALITY_KIMG thousand images by 2 CPU processes, and the modern recipe on the ten digits
+QUALITY_KIMG ?= 300
+QUALITY_DIGITS_KIMG ?= 150
 QUALITY_FLAGS ?=
 .PHONY: bench-quality
 bench-quality: install
-	$(BIN)/python -m gan_dist.bench quality --kimg $(QUALITY_KIMG) --out $(RUNS)/bench_quality.json $(QUALITY_FLAGS)
+	$(BIN)/python -m gan_dist.bench quality --kimg $(QUALITY_KIMG) --digits_kimg $(QUALITY_DIGITS_KIMG) \
+		--out $(RUNS)/bench_quality.json $(QUALITY_FLAGS)

@@ -16,6 +16,9 @@ from gan_dist.packing.download import sha256_file
 from gan_dist.packing.shard import pack
 
 ROOT = Path(__file__).resolve().parents[1]
+# one thread per test process (read when torch is first imported, after this): two xdist workers and torchrun's
+# ranks share the cores, and several OpenMP threads each on a busy machine slow the small convolutions many times
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def write_images(folder, n, size=16, mode="RGB", seed=0):

@@ -5,7 +5,7 @@
     python -m gan_dist.bench step --img_size 128              # trainer vs the vanilla loop vs a bare loop
     python -m gan_dist.bench step --data shards/lfw           # on shards of your own
     python -m gan_dist.bench gpu --out $OUT/bench_gpu.json    # one CUDA GPU (launch/gpu_bench.sh)
-    python -m gan_dist.bench quality --kimg 200               # mode coverage of the recipes (bench/quality.py)
+    python -m gan_dist.bench quality --kimg 300               # mode coverage of the recipes (bench/quality.py)
 
 Every figure is a ratio of two cases measured in the same run on the same machine. Without
 --data or --src the bench writes its own source images (random 250x250 crops of

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-CONFIDENT = 0.9
+CONFIDENT = 0.8  # "confidently classified": the most likely digit has at least this probability
 
 
 def channel_features(images):

@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m gan_dist.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--metrics", nargs="+", choices=("fid_kid", "digits"), default=["fid_kid"],
                    help="fid_kid: FID and KID (Inception); digits: for 1-channel digit data, the digit score, "
-                        "the share an SVM fit on real digits reads with probability >= 0.9, and class shares")
+                        "the share an SVM fit on real digits reads with probability >= 0.8, and class shares")
     p.add_argument("--checkpoint", required=True, help="a checkpoint-STEP directory, or a run directory (its latest)")
     p.add_argument("--data", required=True, help="the shard directory the generator was trained on")
     p.add_argument("--num_gen", type=int, default=None,

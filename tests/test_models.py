@@ -135,3 +135,17 @@ def test_resnet_compiles_as_one_graph_and_matches_eager_in_channels_last():
     logits.sum().backward()
     assert torch.allclose(img, eager_img, atol=1e-5) and torch.allclose(logits, eager_logits, atol=1e-5)
     assert all(torch.allclose(p.grad, g, atol=1e-5) for p, g in zip(G.parameters(), eager_grads))
+
+
+def test_resnet_checkpoints_with_the_conv_form_of_d_basis_still_load():
+    """D's last depthwise 4x4 was once a conv with a (w, 1, 4, 4) weight; such state dicts load into today's D."""
+    torch.manual_seed(0)
+    _, D = build_models(GANConfig("resnet", latent_dim=16, img_size=32, channels=3, widths=(32, 32, 16, 16),
+                                  group_size=8))
+    old = {k: (v.unsqueeze(1) if k == "basis.weight" else v) for k, v in D.state_dict().items()}
+    assert old["basis.weight"].shape == (32, 1, 4, 4)  # D ends at the 4x4 stage, 32 wide
+    _, fresh = build_models(GANConfig("resnet", latent_dim=16, img_size=32, channels=3, widths=(32, 32, 16, 16),
+                                      group_size=8))
+    fresh.load_state_dict(old)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(fresh(x), D(x))

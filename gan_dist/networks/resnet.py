@@ -129,6 +129,12 @@ class DepthwiseBasis(nn.Module):
     def forward(self, x):  # (B, w, 4, 4) -> (B, w)
         return (x * self.weight.to(x.dtype)).sum((2, 3))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "weight"
+        if key in state_dict and state_dict[key].dim() == 4:  # saved when this layer was a (w, 1, 4, 4) conv
+            state_dict[key] = state_dict[key].squeeze(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class ResNetDiscriminator(nn.Module):
     def __init__(self, cfg):

@@ -1,6 +1,7 @@
-"""Mode coverage on stacked digits: the vanilla MLP, DCGAN and the modern recipe, trained for the same images.
+"""Mode coverage on stacked digits: the vanilla MLP, DCGAN and the modern recipe (on its residual nets and on the
+DCGAN nets), trained for the same images.
 
-    python -m gan_dist.bench quality --out bench_results/quality.json --kimg 300 --digits_kimg 150   # make bench-quality
+    python -m gan_dist.bench quality --out bench_results/quality.json --kimg 300 --digits_kimg 150  # make bench-quality
     python -m gan_dist.bench quality --recipes modern --kimg 50 --work runs/q         # one recipe, runs kept
 
 Stacked digits (`gan_dist.shard stacked-digits`) put three of scikit-learn's digits into the
@@ -42,6 +43,8 @@ RECIPES = {  # the flags each recipe adds to the common ones
     # ran about as fast as narrower nets on one core and covered more modes at 24 kimg; gamma 0.5 from tuning runs
     "modern": ["--preset", "modern", "--widths", "256,128,32,16", "--expansion", "1", "--group_size", "16",
                "--r1_gamma", "0.5", "--r2_gamma", "0.5"],
+    # the modern loss, penalties, optimizer and schedules on the DCGAN nets
+    "modern-dcgan": ["--preset", "modern", "--arch", "dcgan", "--r1_gamma", "0.5", "--r2_gamma", "0.5"],
 }
 
 

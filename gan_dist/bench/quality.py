@@ -36,15 +36,15 @@ from gan_dist.training.checkpoint import read_meta
 from gan_dist.training.data import load_into_memory, load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
+GAMMA = ["--r1_gamma", "0.5", "--r2_gamma", "0.5"]  # R1/R2 weight for the CPU-sized modern runs, from tuning runs
 RECIPES = {  # the flags each recipe adds to the common ones
     "vanilla": ["--preset", "vanilla"],
     "dcgan": ["--preset", "vanilla", "--arch", "dcgan"],
     # CPU-sized: wide stages at 4x4 and 8x8 (the digits' own grid) and dense-ish 3x3 convs (expansion 1), which
-    # ran about as fast as narrower nets on one core and covered more modes at 24 kimg; gamma 0.5 from tuning runs
-    "modern": ["--preset", "modern", "--widths", "256,128,32,16", "--expansion", "1", "--group_size", "16",
-               "--r1_gamma", "0.5", "--r2_gamma", "0.5"],
+    # ran about as fast as narrower nets on one core and covered more modes at 24 kimg
+    "modern": ["--preset", "modern", "--widths", "256,128,32,16", "--expansion", "1", "--group_size", "16", *GAMMA],
     # the modern loss, penalties, optimizer and schedules on the DCGAN nets
-    "modern-dcgan": ["--preset", "modern", "--arch", "dcgan", "--r1_gamma", "0.5", "--r2_gamma", "0.5"],
+    "modern-dcgan": ["--preset", "modern", "--arch", "dcgan", *GAMMA],
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from gan_dist.evaluation.digits import digit_report, fit_judge
+from gan_dist.evaluation.digits import CONFIDENT, digit_report, fit_judge
 from gan_dist.evaluation.metrics import MetricUnavailable, evaluate, format_result, inception_for_run
 from gan_dist.evaluation.sample import SampleError, generate, latents, load_generator, resolve_checkpoint
 from gan_dist.training.checkpoint import CheckpointError, read_meta
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m gan_dist.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--metrics", nargs="+", choices=("fid_kid", "digits"), default=["fid_kid"],
                    help="fid_kid: FID and KID (Inception); digits: for 1-channel digit data, the digit score, "
-                        "the share an SVM fit on real digits reads with probability >= 0.8, and class shares")
+                        f"the share an SVM fit on real digits reads with probability >= {CONFIDENT}, and class shares")
     p.add_argument("--checkpoint", required=True, help="a checkpoint-STEP directory, or a run directory (its latest)")
     p.add_argument("--data", required=True, help="the shard directory the generator was trained on")
     p.add_argument("--num_gen", type=int, default=None,

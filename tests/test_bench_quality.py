@@ -45,6 +45,9 @@ def test_modes_and_kl_arithmetic(judge):
     report = mode_report(clf, images)
     hist = np.bincount(labels, minlength=1000)
     assert abs(report["modes"] - (hist > 0).sum()) <= 10  # the judge's few mistakes
+    assert report["confident"] > 0.95  # real digits are read with confidence
+    noise = torch.rand(300, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert mode_report(clf, noise)["confident"] < 0.5
     one = images[:1].expand(500, -1, -1, -1)  # a collapsed generator: one image
     collapsed = mode_report(clf, one)
     assert collapsed["modes"] == 1 and collapsed["kl"] == pytest.approx(math.log(1000))
@@ -71,6 +74,7 @@ def test_quality_bench_end_to_end_tiny(tmp_path):
     assert case["steps"] == 2 and case["images"] == 64 and case["samples"] == 200
     assert 1 <= case["modes"] <= 200 and case["kl"] >= 0
     assert doc["real"]["samples"] == 200 and doc["judge"]["held_out_accuracy"] > 0.97
+    assert 0 <= case["confident"] <= 1 and doc["real"]["confident"] > 0.95
     assert Image.open(out.with_suffix(".png")).size[0] > 0
     assert "| vanilla |" in r.stdout and "floor" in r.stdout
     # --reuse judges the finished run again without training it again

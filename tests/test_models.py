@@ -44,15 +44,18 @@ def test_bad_config_is_rejected(kwargs, match):
         GANConfig(**kwargs)
 
 
-def resnet_param_count(latent, channels, widths, blocks, group, expansion=2):
+def resnet_param_count(latent, channels, widths, blocks, group, expansion=2, mapping=0):
     """Counted from the design: block = 1x1 expand + bias, grouped 3x3 + bias, 1x1 project; 1x1 convs
-    between stages of different widths; G: 4x4 basis + z map + to-image; D: from-image + depthwise 4x4 + linear."""
+    between stages of different widths; G: 4x4 basis + mapping MLP (linear + bias per hidden layer, widths[0]
+    wide) + z map + to-image; D: from-image + depthwise 4x4 + linear."""
     def block(w):
         e = w * expansion
         return w * e + e + e * group * 9 + e + e * w
     stages = sum(blocks * block(w) for w in widths)
     transitions = sum(a * b for a, b in zip(widths, widths[1:]) if a != b)
-    G = widths[0] * 16 + latent * widths[0] + stages + transitions + widths[-1] * channels
+    mlp = sum(n_in * widths[0] + widths[0] for n_in in [latent, *[widths[0]] * (mapping - 1)][:mapping])
+    z_map = (widths[0] if mapping else latent) * widths[0]
+    G = widths[0] * 16 + mlp + z_map + stages + transitions + widths[-1] * channels
     D = channels * widths[-1] + stages + transitions + widths[0] * 16 + widths[0] + 1
     return G, D
 
@@ -62,6 +65,7 @@ def resnet_param_count(latent, channels, widths, blocks, group, expansion=2):
     (32, 3, {"width": 32, "blocks": 2}, (32, 32, 32, 32)),
     (64, 3, {"width": 64}, (64, 64, 64, 64, 32)),
     (128, 1, {"width": 64}, (64, 64, 64, 64, 32, 16)),
+    (32, 3, {"widths": (64, 32, 32, 16), "mapping_layers": 3}, (64, 32, 32, 16)),
 ])
 def test_resnet_shapes_and_parameter_counts(size, channels, kwargs, widths):
     torch.manual_seed(0)
@@ -70,7 +74,9 @@ def test_resnet_shapes_and_parameter_counts(size, channels, kwargs, widths):
     img = G(torch.randn(2, 16))
     assert img.shape == (2, channels, size, size)
     assert D(img).shape == (2, 1) and torch.isfinite(D(img)).all()
-    assert (count_params(G), count_params(D)) == resnet_param_count(16, channels, widths, cfg.blocks, cfg.group_size)
+    assert (count_params(G), count_params(D)) == resnet_param_count(16, channels, widths, cfg.blocks, cfg.group_size,
+                                                                    mapping=cfg.mapping_layers)
+    assert len(G.mapping) == 2 * cfg.mapping_layers  # linear + leaky ReLU per hidden layer
     assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in [*G.modules(), *D.modules()])
 
 
@@ -105,12 +111,17 @@ def test_resnet_config_round_trips_through_gan_json():
     assert back == cfg and back.to_dict() == cfg.to_dict()
     assert cfg.to_dict()["widths"] == [64, 64, 32, 16]
     assert "widths" not in GANConfig("mlp").to_dict()  # other archs' gan.json unchanged
+    # no mapping MLP: the key is left out, so gan.json written before it existed still resumes (compares equal)
+    assert "mapping_layers" not in cfg.to_dict()
+    mapped = GANConfig("resnet", latent_dim=16, img_size=32, widths=(64, 64, 32, 16), group_size=8, mapping_layers=2)
+    assert mapped.to_dict()["mapping_layers"] == 2 and GANConfig(**json.loads(json.dumps(mapped.to_dict()))) == mapped
 
 
 @pytest.mark.parametrize("kwargs,match", [({"img_size": 48}, "32, 64, 128 or 256"),
                                           ({"widths": (64, 64, 32)}, "needs 4 values"),
                                           ({"width": 24, "group_size": 32}, "multiple of --group_size"),
-                                          ({"blocks": 0}, "--blocks must be an integer from 1 to 64")])
+                                          ({"blocks": 0}, "--blocks must be an integer from 1 to 64"),
+                                          ({"mapping_layers": -1}, "--mapping_layers must be an integer from 0")])
 def test_bad_resnet_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GANConfig(**{"arch": "resnet", "img_size": 32, **kwargs})

@@ -12,7 +12,8 @@ import torch.nn as nn
 from gan_dist.networks.resnet import ResNetDiscriminator, ResNetGenerator, stage_widths
 
 ARCHS = ("mlp", "dcgan", "resnet")
-RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion")  # recorded only for --arch resnet
+# recorded only for --arch resnet
+RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion", "mapping_layers")
 MAX_MLP_PARAMS = 2**30  # the MLP G's last layer grows with the image: 4 GiB of float32 weights at most
 
 
@@ -30,11 +31,12 @@ class GANConfig:
     blocks: int = 1  # resnet only: residual blocks per stage
     group_size: int = 16  # resnet only: channels per group of the grouped 3x3 convs
     expansion: int = 2  # resnet only: a block's inner width / its width
+    mapping_layers: int = 0  # resnet only: hidden layers of the MLP that maps z before G's 4x4 stage
 
     def __post_init__(self):
         for name, low, high in (("latent_dim", 1, 4096), ("img_size", 1, 1024), ("channels", 1, 3),
                                 ("base_width", 1, 1024), ("width", 1, 4096), ("blocks", 1, 64),
-                                ("group_size", 1, 4096), ("expansion", 1, 16)):
+                                ("group_size", 1, 4096), ("expansion", 1, 16), ("mapping_layers", 0, 16)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"--{name} must be an integer from {low} to {high}, got {value!r}")
@@ -72,6 +74,8 @@ class GANConfig:
         if self.arch != "resnet":  # the other archs' gan.json stays as it was (old checkpoints still resume)
             for name in RESNET_FIELDS:
                 del d[name]
+        elif not self.mapping_layers:  # resnet gan.json from before the mapping MLP stays as it was
+            del d["mapping_layers"]
         return d
 
 

@@ -6,7 +6,8 @@ whose last conv starts at zero, so every block is the identity at initialisation
 others are variance-scaled by the number of blocks (fix-up style). Resolution changes use a
 [1, 2, 1] low-pass filter (bilinear up in G, blurred stride-2 down in D), with a 1x1 conv
 when the width changes. G starts from a learned 4x4 basis scaled per channel by a linear map
-of z; D ends with a 4x4 depthwise conv and a linear layer to one logit.
+of z (through an MLP of `mapping_layers` hidden layers, StyleGAN's mapping network, when asked);
+D ends with a 4x4 depthwise conv and a linear layer to one logit.
 """
 import math
 
@@ -104,7 +105,12 @@ class ResNetGenerator(nn.Module):
         super().__init__()
         widths, n_blocks = stage_widths(cfg), cfg.blocks * len(stage_widths(cfg))
         self.basis = nn.Parameter(torch.randn(widths[0], 4, 4))  # a learned 4x4 image per channel
-        self.modulation = msr_init_(nn.Linear(cfg.latent_dim, widths[0], bias=False))
+        mapping, n_in = [], cfg.latent_dim
+        for _ in range(cfg.mapping_layers):  # depth before the first image, where G splits z into separate modes
+            mapping += [msr_init_(nn.Linear(n_in, widths[0]), ACT_GAIN), nn.LeakyReLU(LEAK)]
+            n_in = widths[0]
+        self.mapping = nn.Sequential(*mapping)
+        self.modulation = msr_init_(nn.Linear(n_in, widths[0], bias=False))
         stages = []
         for i, w in enumerate(widths):
             blocks = [ResidualBlock(w, cfg.group_size, cfg.expansion, n_blocks) for _ in range(cfg.blocks)]
@@ -113,7 +119,7 @@ class ResNetGenerator(nn.Module):
         self.to_image = conv(widths[-1], cfg.channels, 1)
 
     def forward(self, z):  # (B, latent) -> (B, C, H, W), unbounded (no tanh, as in R3GAN)
-        x = self.basis[None] * self.modulation(z)[:, :, None, None]  # (B, w0, 4, 4)
+        x = self.basis[None] * self.modulation(self.mapping(z))[:, :, None, None]  # (B, w0, 4, 4)
         return self.to_image(self.stages(x))  # each stage doubles: ... -> (B, w_last, H, W)
 
 

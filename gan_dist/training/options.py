@@ -64,7 +64,7 @@ def gan_config(args):
     """The networks' configuration (GANConfig) these options ask for."""
     return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
                      widths=tuple(args.widths or ()), blocks=args.blocks, group_size=args.group_size,
-                     expansion=args.expansion)
+                     expansion=args.expansion, mapping_layers=args.mapping_layers)
 
 
 def parse_args(argv=None):
@@ -108,6 +108,8 @@ def parse_args(argv=None):
     p.add_argument("--blocks", type=int, default=1, help="resnet: residual blocks per stage")
     p.add_argument("--group_size", type=int, default=16, help="resnet: channels per group in the grouped 3x3 convs")
     p.add_argument("--expansion", type=int, default=2, help="resnet: inner width of a block / its width")
+    p.add_argument("--mapping_layers", type=int, default=0,
+                   help="resnet: hidden layers of an MLP on z before G's first stage (0: a linear map only)")
     p.add_argument("--loss", choices=LOSSES, default=None,
                    help=preset_help("loss", "bce: the vanilla BCE; hinge; rpgan: relativistic pairing"))
     p.add_argument("--r1_gamma", type=float, default=None,

@@ -78,7 +78,7 @@ bench: install
 # ---- recipe quality: modes of stacked digits covered by the vanilla MLP, DCGAN and the modern recipe (on its nets and on DCGAN's),
 # each trained on QUALITY_KIMG thousand images by 2 CPU processes, and the modern recipe on the ten digits
 QUALITY_KIMG ?= 300
-QUALITY_DIGITS_KIMG ?= 150
+QUALITY_DIGITS_KIMG ?= 500
 QUALITY_FLAGS ?=
 .PHONY: bench-quality
 bench-quality: install

@@ -53,9 +53,10 @@ def resnet_param_count(latent, channels, widths, blocks, group, expansion=2, map
         return w * e + e + e * group * 9 + e + e * w
     stages = sum(blocks * block(w) for w in widths)
     transitions = sum(a * b for a, b in zip(widths, widths[1:]) if a != b)
-    mlp = sum(n_in * widths[0] + widths[0] for n_in in [latent, *[widths[0]] * (mapping - 1)][:mapping])
-    z_map = (widths[0] if mapping else latent) * widths[0]
-    G = widths[0] * 16 + mlp + z_map + stages + transitions + widths[-1] * channels
+    w0 = widths[0]
+    mlp = mapping and (latent * w0 + w0) + (mapping - 1) * (w0 * w0 + w0)
+    z_map = (w0 if mapping else latent) * w0
+    G = w0 * 16 + mlp + z_map + stages + transitions + widths[-1] * channels
     D = channels * widths[-1] + stages + transitions + widths[0] * 16 + widths[0] + 1
     return G, D
 

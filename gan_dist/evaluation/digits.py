@@ -46,19 +46,23 @@ def fit_judge(seed=0):
 def mode_report(clf, images):
     """Modes covered (of 1,000) and KL(histogram || uniform) of stacked images (N, 3, 32, 32), and the share of
     their channels read with probability >= CONFIDENT: ambiguous digits, not only missing modes, raise the KL."""
-    digits = clf.predict(channel_features(images)).reshape(len(images), 3)
+    x = channel_features(images)
+    digits = clf.predict(x).reshape(len(images), 3)
     hist = np.bincount(digits @ np.array([100, 10, 1]), minlength=1000)
     p = hist[hist > 0] / len(images)
     return {"modes": int((hist > 0).sum()), "kl": float((p * np.log(p * 1000)).sum()),
-            "confident": confident_share(clf, images)["confident"], "samples": len(images)}
+            "confident": _shares(clf.predict_proba(x), len(images))["confident"], "samples": len(images)}
 
 
 def confident_share(clf, images):
     """Share of single-channel images whose most likely digit has probability >= CONFIDENT, and the classes drawn."""
-    probs = clf.predict_proba(channel_features(images))
+    return _shares(clf.predict_proba(channel_features(images)), len(images))
+
+
+def _shares(probs, samples):
     share = np.bincount(probs.argmax(1), minlength=10) / len(probs)
     return {"confident": float((probs.max(1) >= CONFIDENT).mean()), "class_shares": share.round(4).tolist(),
-            "samples": len(images)}
+            "samples": samples}
 
 
 def digit_report(clf, images):
@@ -67,4 +71,4 @@ def digit_report(clf, images):
     probs = clf.predict_proba(channel_features(images))
     p_y = probs.mean(axis=0, keepdims=True)
     kl = (probs * (np.log(probs + 1e-12) - np.log(p_y + 1e-12))).sum(axis=1)
-    return {"digit_score": float(np.exp(kl.mean())), **confident_share(clf, images)}
+    return {"digit_score": float(np.exp(kl.mean())), **_shares(probs, len(images))}

@@ -54,6 +54,7 @@ from gan_dist.training.ddp import (
     check_launch,
     convert_sync_bn,
     ddp_kwargs,
+    process_group_kwargs,
     sync_buffers,
 )
 from gan_dist.training.ema import load_ema, make_ema
@@ -98,7 +99,8 @@ def make_accelerator(args, output_dir):
     dynamo = {"dynamo_backend": "inductor"} if args.compile and not penalised and compile_available() else {}
     return Accelerator(
         cpu=args.cpu, mixed_precision=args.mixed_precision, log_with=tracker_names(args.report_to) or None,
-        kwargs_handlers=[ddp_kwargs(args.ddp_bucket_cap_mb, args.ddp_comm_hook)],
+        kwargs_handlers=[ddp_kwargs(args.ddp_bucket_cap_mb, args.ddp_comm_hook),
+                         *process_group_kwargs(args.ddp_backend)],
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         **dynamo)
 
@@ -224,7 +226,8 @@ def train(args):
         f"***** training {args.arch} on {manifest['count']} images {args.img_size}x{args.img_size}x{args.channels} "
         f"*****\n  G {count_params(G) / 1e6:.2f}M parameters, D {count_params(D) / 1e6:.2f}M\n"
         f"  data {data.description}\n"
-        f"  processes {accelerator.num_processes} ({accelerator.distributed_type}, {device}), "
+        f"  processes {accelerator.num_processes} ({accelerator.distributed_type}, "
+        f"{accelerator.state.backend or 'no process group'}, {device}), "
         f"mixed precision {accelerator.mixed_precision}\n  batch {args.batch_size} per process, {global_batch} global; "
         f"{steps_per_epoch} steps per epoch; {max_train_steps} steps ({max_train_steps / steps_per_epoch:.1f} epochs)")
 

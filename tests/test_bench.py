@@ -126,8 +126,11 @@ def test_gpu_cases_and_ratios(monkeypatch, tmp_path, capsys, has_compile):
     flags = {"--mixed_precision", "--data"} | ({"--compile"} if has_compile else set())
     monkeypatch.setattr(bench_step, "trainer_flags", lambda: flags)
     monkeypatch.setattr(bench_step, "vanilla_case", lambda *a, **k: {"images_per_s": 1000.0})
-    monkeypatch.setattr(bench_step, "bare_case", lambda *a, mixed_precision="no", **k: {
-        "images_per_s": 4e4 if mixed_precision == "bf16" else 2e4})
+    def bare_case(*a, mixed_precision="no", compile_mode=None, **k):
+        if compile_mode and not has_compile:  # the CUDA-graph case failing must not end the run
+            raise RuntimeError("cudagraphs failed")
+        return {"images_per_s": (4e4 if mixed_precision == "bf16" else 2e4) * (1.5 if compile_mode else 1)}
+    monkeypatch.setattr(bench_step, "bare_case", bare_case)
     seen = []
 
     def trainer_case(*a, extra=(), **k):
@@ -139,7 +142,8 @@ def test_gpu_cases_and_ratios(monkeypatch, tmp_path, capsys, has_compile):
     bench.run_gpu(res, tmp_path, "shards", "images", 128, 3, 10, 5, 10, streamed={"png": "p", "npy": "n", "jpg": "j"})
     names = [n for n, _ in bench.gpu_cases(has_compile)]
     streamed = list(bench.STREAMED_GPU_CASES)
-    assert set(res.cases) == {"gpu/vanilla", "gpu/bare_fp32", "gpu/bare_bf16", *names, *streamed}
+    graphs = ["gpu/bare_bf16_cudagraphs"] if has_compile else []
+    assert set(res.cases) == {"gpu/vanilla", "gpu/bare_fp32", "gpu/bare_bf16", *names, *streamed, *graphs}
     assert len(names) == (6 if has_compile else 3)
     ran = [name for name in res.cases if name.startswith("gpu/trainer")]
     assert ran == [n for n in names if "compile" not in n] + streamed + [n for n in names if "compile" in n]
@@ -149,6 +153,10 @@ def test_gpu_cases_and_ratios(monkeypatch, tmp_path, capsys, has_compile):
     check_ratios(doc)
     assert doc["ratios"]["gpu/trainer_bf16_vs_vanilla"]["value"] == 30.0
     assert ("gpu/trainer_bf16_compile_vs_bf16" in doc["ratios"]) == has_compile
+    if has_compile:
+        assert doc["ratios"]["gpu/bare_bf16_cudagraphs_vs_bare_bf16"]["value"] == 1.5
+    else:
+        assert "cudagraphs failed" in doc["errors"]["gpu/bare_bf16_cudagraphs"]
     assert ("skipping the compile cases" in capsys.readouterr().err) == (not has_compile)
 
 

@@ -44,11 +44,12 @@ def trainer_flags():
 def read_metrics(run_dir, warmup):
     """Sum up a run's training rows after step `warmup`: images/s, data-wait fraction, peak GPU memory."""
     rows = read_log(run_dir)
-    prev, images, seconds, wait, mem, steps = 0, 0.0, 0.0, 0.0, None, 0
+    prev, images, seconds, wait, mem, steps, first = 0, 0.0, 0.0, 0.0, None, 0, 0.0
     for row in rows:
         n = row["step"] - prev
         prev = row["step"]
         if row["step"] <= warmup:
+            first += n * row["sec_per_step"]
             continue
         interval = n * row["sec_per_step"]
         images += n * row["global_batch"]
@@ -59,7 +60,8 @@ def read_metrics(run_dir, warmup):
             mem = max(mem or 0.0, row["gpu_mem_gb"])
     if not seconds:
         raise RuntimeError(f"{run_dir}: no training rows after the {warmup} warm-up steps")
-    out = {"images_per_s": images / seconds, "data_wait": wait / seconds, "steps": steps}
+    # the warm-up steps' seconds hold the first batches and any compiling (--compile)
+    out = {"images_per_s": images / seconds, "data_wait": wait / seconds, "steps": steps, "warmup_s": first}
     if mem is not None:
         out["gpu_mem_gb"] = mem
     return out
@@ -89,15 +91,18 @@ def vanilla_case(image_folder, img_size, channels, steps, warmup, out_dir, timeo
     return {"images_per_s": result["images_per_s"], "steps": result["batches"] - warmup}
 
 
-def bare_case(shard_dir, steps, warmup, cpu=True, mixed_precision="no", timeout=1800):
+def bare_case(shard_dir, steps, warmup, cpu=True, mixed_precision="no", compile_mode=None, timeout=1800):
     """Run the bare PyTorch loop (this module's main) in a fresh process."""
     res = _run([sys.executable, "-m", "gan_dist.bench.step", "--data", shard_dir, "--steps", steps,
-                "--warmup", warmup, "--mixed_precision", mixed_precision, *(["--cpu"] if cpu else [])], timeout)
+                "--warmup", warmup, "--mixed_precision", mixed_precision, *(["--cpu"] if cpu else []),
+                *(["--compile_mode", compile_mode] if compile_mode else [])], timeout)
     return _last_json(res.stdout)
 
 
-def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0):
-    """Train the MLP pair with plain PyTorch on batches held in memory; returns images/s after `warmup` steps."""
+def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0, compile_mode=None):
+    """Train the MLP pair with plain PyTorch on batches held in memory; returns images/s after `warmup` steps.
+
+    compile_mode: torch.compile G and D with this mode ("reduce-overhead" replays CUDA graphs)."""
     from gan_dist.networks.losses import d_loss, g_loss
     from gan_dist.networks.models import GANConfig, build_models
     from gan_dist.training.data import (
@@ -113,15 +118,20 @@ def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0):
     torch.manual_seed(seed)
     cfg = GANConfig("mlp", 100, manifest["size"], manifest["channels"])
     G, D = (net.to(device) for net in build_models(cfg))
+    if compile_mode:
+        G, D = (torch.compile(net, mode=compile_mode) for net in (G, D))
     opt_G, opt_D = (adam(net.parameters(), 2e-4, (0.5, 0.999), device) for net in (G, D))  # the trainer's
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
-    t0 = None
+    t0, t_start = None, time.perf_counter()
     for step in range(warmup + steps):
         if step == warmup:
             _sync(device)
             t0 = time.perf_counter()
+            warmup_s = t0 - t_start
+        if compile_mode:
+            torch.compiler.cudagraph_mark_step_begin()  # last step's graph outputs are no longer read
         idx = torch.randint(len(images), (BATCH,))
         real_img = to_device_float(images[idx], device)
         gen_z = torch.randn(BATCH, cfg.latent_dim, device=device)
@@ -144,7 +154,7 @@ def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0):
     _sync(device)
     seconds = time.perf_counter() - t0
     return {"images_per_s": steps * BATCH / seconds, "steps": steps, "loss_D": loss_D.item(),
-            "loss_G": loss_G.item(), "device": str(device)}
+            "loss_G": loss_G.item(), "device": str(device), "warmup_s": warmup_s}
 
 
 def _sync(device):
@@ -159,9 +169,11 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
+    p.add_argument("--compile_mode", default=None, help="torch.compile G and D in this mode, e.g. reduce-overhead")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    print(json.dumps(bare_loop(args.data, args.steps, args.warmup, device, args.mixed_precision)))
+    print(json.dumps(bare_loop(args.data, args.steps, args.warmup, device, args.mixed_precision,
+                               compile_mode=args.compile_mode)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     python -m gan_dist.bench step --data shards/lfw           # on shards of your own
     python -m gan_dist.bench gpu --out $OUT/bench_gpu.json    # one CUDA GPU (launch/gpu_bench.sh)
     python -m gan_dist.bench quality --kimg 300               # mode coverage of the recipes (bench/quality.py)
+    python -m gan_dist.bench smoke --work DIR                 # every recipe and precision end to end (bench/smoke.py)
 
 Every figure is a ratio of two cases measured in the same run on the same machine. Without
 --data or --src the bench writes its own source images (random 250x250 crops of
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +53,8 @@ def machine_info():
     except OSError:
         pass
     cuda = torch.cuda.is_available()
-    return {"cpu": model, "cores": cores(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    return {"cpu": model, "cores": cores(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(),
             "device": torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA device)",
             "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
@@ -228,6 +231,15 @@ def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, van
             res.ratio(f"{name}_vs_bf16", name, "gpu/trainer_bf16")
     for name, flags in (c for c in cases if "--compile" in c[1]):
         trainer(name, shard_dir, flags)
+    try:  # optional: CUDA graphs through torch.compile; a failure here is a finding, not the end of the run
+        res.add("gpu/bare_bf16_cudagraphs", {**bench_step.bare_case(shard_dir, steps, warmup, cpu=False,
+                                                                    mixed_precision="bf16",
+                                                                    compile_mode="reduce-overhead"),
+                                             "what": "plain PyTorch loop, bf16, torch.compile(mode='reduce-overhead')"})
+        res.ratio("gpu/bare_bf16_cudagraphs_vs_bare_bf16", "gpu/bare_bf16_cudagraphs", "gpu/bare_bf16")
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        res.doc["errors"] = {**res.doc.get("errors", {}), "gpu/bare_bf16_cudagraphs": str(e)[-2000:]}
+        res.save()
     res.ratio("gpu/trainer_bf16_vs_vanilla", "gpu/trainer_bf16", "gpu/vanilla")
     res.ratio("gpu/trainer_fp32_vs_vanilla", "gpu/trainer_fp32", "gpu/vanilla")
     for tag in ("fp32", "bf16"):
@@ -242,9 +254,10 @@ def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, van
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m gan_dist.bench", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("data", "step", "all", "gpu", "quality"),
+    p.add_argument("what", choices=("data", "step", "all", "gpu", "quality", "smoke"),
                    help="data: loaders; step: training steps on the CPU; all: both; gpu: step cases on one CUDA GPU; "
-                        "quality: mode coverage of the recipes on stacked digits (`quality --help`)")
+                        "quality: mode coverage of the recipes on stacked digits (`quality --help`); "
+                        "smoke: every recipe and precision trained, resumed and sampled (`smoke --help`)")
     p.add_argument("--data", default=None, help="run on these shards (their size) instead of the bench's own images")
     p.add_argument("--src", default=None,
                    help="source images to pack at --sizes: a folder with one or more subfolders of images "
@@ -287,6 +300,9 @@ def main(argv=None):
     if argv[:1] == ["quality"]:  # mode coverage of the recipes, with its own options
         from gan_dist.bench.quality import main as quality_main
         return quality_main(argv[1:])
+    if argv[:1] == ["smoke"]:  # every recipe and precision end to end, with its own options
+        from gan_dist.bench.smoke import main as smoke_main
+        return smoke_main(argv[1:])
     args = parse_args(argv)
     if args.what == "gpu" and not torch.cuda.is_available():
         sys.exit("error: `gan_dist.bench gpu` needs a CUDA device and torch.cuda.is_available() is False here; "

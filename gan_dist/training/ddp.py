@@ -10,7 +10,7 @@ import hashlib
 import os
 
 import torch
-from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
+from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 COMM_HOOKS = {"no": DDPCommunicationHookType.NO, "fp16": DDPCommunicationHookType.FP16,
               "bf16": DDPCommunicationHookType.BF16}
@@ -39,6 +39,11 @@ def ddp_kwargs(bucket_cap_mb=25, comm_hook="no"):
         comm_hook: "fp16"/"bf16" compress gradients to 16 bits for the all-reduce (half the bytes).
     """
     return DistributedDataParallelKwargs(bucket_cap_mb=bucket_cap_mb, comm_hook=COMM_HOOKS[comm_hook])
+
+
+def process_group_kwargs(backend=None):
+    """Accelerate kwargs handlers that pick the process-group backend; none keeps Accelerate's choice."""
+    return [InitProcessGroupKwargs(backend=backend)] if backend else []
 
 
 def convert_sync_bn(accelerator, *modules):

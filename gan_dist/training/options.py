@@ -162,6 +162,9 @@ def parse_args(argv=None):
     # data parallelism
     p.add_argument("--sync_bn", action="store_true", help="BatchNorm statistics over the global batch (CUDA)")
     p.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP gradient bucket size in MiB")
+    p.add_argument("--ddp_backend", choices=("nccl", "gloo"), default=None,
+                   help="process-group backend (default: Accelerate's, nccl on CUDA, gloo on the CPU); gloo also "
+                        "runs several processes on one GPU, which nccl refuses")
     p.add_argument("--ddp_comm_hook", choices=sorted(COMM_HOOKS), default="no",
                    help="compress gradients for the all-reduce (bf16/fp16 halve the bytes sent)")
     # logging and checkpoints
@@ -203,6 +206,9 @@ def parse_args(argv=None):
     for name in ("lr_g", "lr_d"):
         if not 0 < getattr(args, name) < math.inf:
             p.error(f"--{name} (or --lr) must be > 0 and finite, got {getattr(args, name)}")
+    if args.cpu and args.ddp_backend == "nccl":
+        p.error("--ddp_backend nccl needs CUDA devices and --cpu trains on the CPU; "
+                "use --ddp_backend gloo or drop --cpu")
     if args.schedule_kimg is not None and not args.schedule_kimg > 0:
         p.error(f"--schedule_kimg must be > 0, got {args.schedule_kimg}")
     for name in ("r1_gamma", "r2_gamma", "ema_kimg", "lr_end_ratio", "gamma_end_ratio"):

@@ -17,6 +17,12 @@ def test_out_of_range_values_are_refused(capsys, flag, value, message):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_nccl_on_the_cpu_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--data", "d", "--cpu", "--ddp_backend", "nccl"])
+    assert exc.value.code == 2 and "--ddp_backend nccl needs CUDA devices" in capsys.readouterr().err
+
+
 def test_the_defaults_pass():
     args = parse_args(["--data", "d"])
     assert args.lr == 0.0002 and args.n_cpu == 2

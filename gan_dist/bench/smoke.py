@@ -14,6 +14,7 @@ correctness, not speed.
 import argparse
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -144,9 +145,9 @@ def parse_args(argv=None):
     p.add_argument("--ddp_precision", choices=(*PRECISIONS, "none"), default="bf16",
                    help="precision of the 2-process modern case; none skips it")
     p.add_argument("--img_size", type=int, default=128, help="image size (the modern recipe runs at most 64)")
-    p.add_argument("--steps", type=int, default=200, help="training steps per case (half, then resumed)")
+    p.add_argument("--steps", type=int, default=100, help="training steps per case (half, then resumed)")
     p.add_argument("--n_images", type=int, default=512, help="source images the bench writes and packs")
-    p.add_argument("--jobs", type=int, default=None, help="cases at a time (default: 1 on the CPU, 6 on a GPU)")
+    p.add_argument("--jobs", type=int, default=None, help="cases at a time (default: 1 on the CPU, 10 on a GPU)")
     p.add_argument("--timeout", type=float, default=600, help="seconds any one process may take")
     p.add_argument("--work", required=True, help="folder for the images, shards and runs")
     p.add_argument("--out", default=None, help="write the results here as JSON")
@@ -155,13 +156,15 @@ def parse_args(argv=None):
         p.error("--steps must be >= 2 (half are trained, then resumed)")
     if not args.cpu and not torch.cuda.is_available():
         p.error("no CUDA device here (torch.cuda.is_available() is False); pass --cpu to run the checks on the CPU")
-    args.jobs = args.jobs or (1 if args.cpu else 6)
+    args.jobs = args.jobs or (1 if args.cpu else 10)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     work = Path(args.work).resolve()
+    # cases share the cores: one torch thread pool per core each, not all of them in every process
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores() // args.jobs)))
     sizes = sorted({min(args.img_size, RECIPES[r][1]) for r in args.recipes} | {min(args.img_size, 64)})
     src = bench_data.make_source_images(work / "source", args.n_images)
     shards = {s: d["png"] for s, d in bench_data.pack_sizes(src, work, sizes, cores(), ("png",)).items()}

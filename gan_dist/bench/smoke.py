@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from gan_dist.bench import data as bench_data
-from gan_dist.bench.suite import machine_info
+from gan_dist.bench.suite import machine_info, markdown_table
 from gan_dist.names import cores
 from gan_dist.training.tracking import read_log
 
@@ -200,16 +200,12 @@ def main(argv=None):
 
 
 def format_table(doc):
-    lines = [f"device: {doc['machine']['device']}, torch {doc['machine']['torch']}", "",
-             "| case | ok | px | steps | exits | resumed | finite | samples std | GPU GiB | s |",
-             "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: |"]
-    for name, c in doc["cases"].items():
-        std = f"{c['samples']['pixel_std']:.3f}" if "samples" in c else ""
-        mem = f"{c['gpu_mem_gb']:.2f}" if "gpu_mem_gb" in c else ""
-        lines.append(f"| {name} | {'yes' if c['ok'] else 'NO'} | {c['img_size']} | {c['steps']} | "
-                     f"{','.join(map(str, c['exit_codes']))} | {c.get('resumed', '')} | {c['finite']} | {std} | "
-                     f"{mem} | {c['seconds']} |")
-    return "\n".join(lines)
+    rows = [[name, "yes" if c["ok"] else "NO", c["img_size"], c["steps"], ",".join(map(str, c["exit_codes"])),
+             c.get("resumed", ""), c["finite"], f"{c['samples']['pixel_std']:.3f}" if "samples" in c else "",
+             f"{c['gpu_mem_gb']:.2f}" if "gpu_mem_gb" in c else "", c["seconds"]] for name, c in doc["cases"].items()]
+    columns = ["case", "ok", ">px", ">steps", "exits", "resumed", "finite", ">samples std", ">GPU GiB", ">s"]
+    return "\n".join([f"device: {doc['machine']['device']}, torch {doc['machine']['torch']}", "",
+                      *markdown_table(columns, rows)])
 
 
 if __name__ == "__main__":

@@ -98,26 +98,30 @@ class Results:
         print(format_tables(self.doc))
 
 
+def markdown_table(columns, rows):
+    """Markdown lines of a table; columns are header names, those starting with '>' right-aligned."""
+    header = [c.lstrip(">") for c in columns]
+    rule = ["---:" if c.startswith(">") else "---" for c in columns]
+    return [f"| {' | '.join(map(str, cells))} |" for cells in (header, rule, *rows)]
+
+
 def format_tables(doc):
     """The run as Markdown: the machine, a table of cases and a table of ratios with their targets."""
     m = doc["machine"]
-    lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['device']}, torch {m['torch']}", "",
-             "| case | images/s | per core | data wait | GPU GiB | load | what |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for name, c in doc["cases"].items():
-        per_core = f"{c['images_per_s_per_core']:.0f}" if "images_per_s_per_core" in c else ""
-        wait = f"{c['data_wait']:.1%}" if "data_wait" in c else ""
-        mem = f"{c['gpu_mem_gb']:.2f}" if "gpu_mem_gb" in c else ""
-        load = f"{c['load_avg_1m']:.1f}" if "load_avg_1m" in c else ""
-        lines.append(f"| {name} | {c['images_per_s']:.0f} | {per_core} | {wait} | {mem} | {load} | "
-                     f"{c.get('what', '')} |")
-    lines += ["", "load: the 1-minute load average as the case ended (this machine's cores: "
-              f"{m['cores']}; more means other work shared them)",
-              "", "| ratio | value | target |", "| --- | ---: | ---: |"]
-    for name, r in doc["ratios"].items():
-        target = f"≥ {r['target']:g}×" if r["target"] else ""
-        lines.append(f"| {name} | {r['value']:.2f}× | {target} |")
-    return "\n".join(lines)
+
+    def opt(c, key, fmt):
+        return format(c[key], fmt) if key in c else ""
+    cases = [[name, f"{c['images_per_s']:.0f}", opt(c, "images_per_s_per_core", ".0f"), opt(c, "data_wait", ".1%"),
+              opt(c, "gpu_mem_gb", ".2f"), opt(c, "load_avg_1m", ".1f"), c.get("what", "")]
+             for name, c in doc["cases"].items()]
+    ratios = [[name, f"{r['value']:.2f}×", f"≥ {r['target']:g}×" if r["target"] else ""]
+              for name, r in doc["ratios"].items()]
+    return "\n".join([f"machine: {m['cpu']}, {m['cores']} cores, {m['device']}, torch {m['torch']}", "",
+                      *markdown_table(["case", ">images/s", ">per core", ">data wait", ">GPU GiB", ">load", "what"],
+                                      cases),
+                      "", "load: the 1-minute load average as the case ended (this machine's cores: "
+                      f"{m['cores']}; more means other work shared them)", "",
+                      *markdown_table(["ratio", ">value", ">target"], ratios)])
 
 
 # ---- preparing the images and shards

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One CUDA GPU, under 9 minutes, in two parts:
+# One CUDA GPU, under 10 minutes, in two parts:
 #  1. smoke (python -m gan_dist.bench smoke): every recipe (vanilla MLP, DCGAN at 128 px; modern ResNet at
 #     64 px) at fp32/bf16/fp16 trained, resumed and sampled, plus 2 processes on the one GPU (gloo);
 #  2. speed (python -m gan_dist.bench gpu): the vanilla MLP at 128x128x3, batch 64; the trainer at
@@ -29,7 +29,7 @@ work=$(mktemp -d)
 mkdir -p "$out"
 # both save their JSON after every case, so a part cut short by its time limit keeps what it measured
 smoke=0
-timeout "${SMOKE_TIMEOUT:-200}" "$PYTHON" -m gan_dist.bench smoke --work "$work/smoke" --out "$out/smoke.json" \
+timeout "${SMOKE_TIMEOUT:-230}" "$PYTHON" -m gan_dist.bench smoke --work "$work/smoke" --out "$out/smoke.json" \
     || smoke=$?
 timeout "${BENCH_TIMEOUT:-330}" "$PYTHON" -m gan_dist.bench gpu --work "$work/bench" --out "$out/bench_gpu.json" "$@"
 exit "$smoke"

@@ -63,11 +63,16 @@ def finite_losses(run_dir):
     return len(rows) > 0 and all(math.isfinite(r[k]) for r in rows for k in ("loss_D", "loss_G")), rows
 
 
-def train_cmd(shards, size, flags, steps, out_dir, cpu):
-    return [sys.executable, "-m", "gan_dist.train", "--data", shards, "--img_size", size, "--channels", 3,
-            "--report_to", "none", "--output_dir", out_dir, "--max_train_steps", steps, "--log_steps",
-            max(1, steps // 4), "--checkpointing_steps", max(1, steps // 2), "--sample_interval", steps,
-            "--n_cpu", 0, *(["--cpu"] if cpu else []), *flags]
+def train_args(shards, size, flags, steps, out_dir, cpu):
+    """The trainer's arguments for one case (after `python -m gan_dist.train` or torchrun's script)."""
+    return ["--data", shards, "--img_size", size, "--channels", 3, "--report_to", "none", "--output_dir", out_dir,
+            "--max_train_steps", steps, "--log_steps", max(1, steps // 4), "--checkpointing_steps",
+            max(1, steps // 2), "--sample_interval", steps, "--n_cpu", 0, *(["--cpu"] if cpu else []), *flags]
+
+
+def banner(output):
+    """The trainer's start-up line naming its processes, backend and device (None if it never started)."""
+    return next((line.strip() for line in output.splitlines() if line.strip().startswith("processes")), None)
 
 
 def recipe_case(work, shards, size, flags, steps, cpu, timeout):
@@ -75,9 +80,10 @@ def recipe_case(work, shards, size, flags, steps, cpu, timeout):
     run_dir, t0 = work / "run", time.perf_counter()
     case = {"flags": list(flags), "img_size": size, "steps": steps}
     half = max(1, steps // 2)
-    rc1, out1 = _run(train_cmd(shards, size, flags, half, run_dir, cpu), work / "train.log", timeout)
-    rc2, out2 = _run([*train_cmd(shards, size, flags, steps, run_dir, cpu), "--resume_from_checkpoint", "latest"],
-                     work / "resume.log", timeout) if rc1 == 0 else (None, "")
+    train = [sys.executable, "-m", "gan_dist.train"]
+    rc1, out1 = _run([*train, *train_args(shards, size, flags, half, run_dir, cpu)], work / "train.log", timeout)
+    rc2, out2 = _run([*train, *train_args(shards, size, flags, steps, run_dir, cpu), "--resume_from_checkpoint",
+                      "latest"], work / "resume.log", timeout) if rc1 == 0 else (None, "")
     rc3, out3 = _run([sys.executable, "-m", "gan_dist.sample", "--checkpoint", run_dir, "--n", SAMPLES,
                       "--out_dir", work / "samples", "--device", "cpu" if cpu else "cuda"],
                      work / "sample.log", timeout) if rc2 == 0 else (None, "")
@@ -85,7 +91,7 @@ def recipe_case(work, shards, size, flags, steps, cpu, timeout):
     case.update(exit_codes=[rc1, rc2, rc3], resumed=f"resumed from {run_dir / 'checkpoints'}" in out2,
                 finite=finite, checkpoint=(run_dir / "checkpoints" / f"checkpoint-{steps}").is_dir(),
                 seconds=round(time.perf_counter() - t0, 1))
-    case["banner"] = next((line.strip() for line in out1.splitlines() if line.strip().startswith("processes")), None)
+    case["banner"] = banner(out1)
     if rows and "gpu_mem_gb" in rows[-1]:
         case["gpu_mem_gb"] = max(r.get("gpu_mem_gb", 0.0) for r in rows)
     if rc3 == 0:
@@ -107,10 +113,10 @@ def free_port():
 def ddp_case(work, shards, size, flags, steps, cpu, timeout):
     """2 processes on this machine as two torchrun nodes of one process each (both on GPU 0), gloo."""
     run_dir, port, t0 = work / "run", free_port(), time.perf_counter()
-    train = train_cmd(shards, size, [*flags, "--ddp_backend", "gloo", "--batch_size", 32], steps, run_dir, cpu)
-    root = Path(__file__).resolve().parents[2]
+    script = Path(__file__).resolve().parents[1] / "train.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", 2, "--nproc_per_node", 1, "--master_addr",
-           "127.0.0.1", "--master_port", port, "--node_rank", "RANK", root / "gan_dist" / "train.py", *train[3:]]
+           "127.0.0.1", "--master_port", port, "--node_rank", "RANK", script,
+           *train_args(shards, size, [*flags, "--ddp_backend", "gloo", "--batch_size", 32], steps, run_dir, cpu)]
     logs = [work / f"rank{r}.log" for r in range(2)]
     procs = []
     for r in range(2):
@@ -126,11 +132,10 @@ def ddp_case(work, shards, size, flags, steps, cpu, timeout):
             codes.append("timeout")
     out = logs[0].read_text(errors="replace")
     finite, _ = finite_losses(run_dir)
-    banner = next((line.strip() for line in out.splitlines() if line.strip().startswith("processes")), None)
     case = {"flags": [*flags, "--ddp_backend", "gloo"], "img_size": size, "steps": steps, "exit_codes": codes,
-            "banner": banner, "finite": finite, "seconds": round(time.perf_counter() - t0, 1),
+            "banner": banner(out), "finite": finite, "seconds": round(time.perf_counter() - t0, 1),
             "checkpoint": (run_dir / "checkpoints" / f"checkpoint-{steps}").is_dir()}
-    case["ok"] = codes == [0, 0] and finite and case["checkpoint"] and bool(banner) and "processes 2" in banner
+    case["ok"] = codes == [0, 0] and finite and case["checkpoint"] and "processes 2" in (case["banner"] or "")
     if not case["ok"]:
         case["log_tail"] = out[-2000:] + logs[1].read_text(errors="replace")[-1500:]
     return case

@@ -2,8 +2,10 @@
 of the global batch, must equal a direct single-process autograd computation on the whole batch.
 
 Steps 1-3 alternate penalties off / on / on (lazy regularisation) so the reducer sees both graphs.
+With an argument PACK, D judges packs of that many images (each rank's half of the batch splits into whole packs).
 """
 import copy
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +16,12 @@ from gan_dist.training.stats import IntervalStats
 from gan_dist.training.step import adam, gan_step
 
 GAMMA = 100.0  # large enough that the penalties carry a good share of the gradient
+PACK = int(sys.argv[1]) if len(sys.argv) > 1 else 1
 accelerator = Accelerator(cpu=True)
 rank, world = accelerator.process_index, accelerator.num_processes
 torch.manual_seed(0)
-G, D = build_models(GANConfig("resnet", latent_dim=8, img_size=32, channels=3, widths=(16, 16, 8, 8), group_size=8))
+G, D = build_models(GANConfig("resnet", latent_dim=8, img_size=32, channels=3, widths=(16, 16, 8, 8), group_size=8,
+                                pack=PACK))
 G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)  # as the trainer runs them
 with torch.no_grad():  # give the zero-initialised last convs weights, so every layer has a gradient
     for net in (G, D):
@@ -41,8 +45,14 @@ fake = G_ref(z).detach().requires_grad_(True)
 real_logits, fake_logits = D_ref(x), D_ref(fake)
 (g_real,) = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
 (g_fake,) = torch.autograd.grad(fake_logits.sum(), fake, create_graph=True)
-loss = (F.softplus(fake_logits - real_logits).mean() + GAMMA / 2 * g_real.square().sum([1, 2, 3]).mean()
-        + GAMMA / 2 * g_fake.square().sum([1, 2, 3]).mean())
+n_packs = 8 // PACK  # a pack's gradient is its images' gradients side by side
+
+
+def penalty(grad):
+    return grad.reshape(n_packs, -1).square().sum(1).mean()
+
+
+loss = F.softplus(fake_logits - real_logits).mean() + GAMMA / 2 * penalty(g_real) + GAMMA / 2 * penalty(g_fake)
 loss.backward()
 
 worst = 0.0

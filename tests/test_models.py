@@ -116,6 +116,27 @@ def test_resnet_config_round_trips_through_gan_json():
     assert "mapping_layers" not in cfg.to_dict()
     mapped = GANConfig("resnet", latent_dim=16, img_size=32, widths=(64, 64, 32, 16), group_size=8, mapping_layers=2)
     assert mapped.to_dict()["mapping_layers"] == 2 and GANConfig(**json.loads(json.dumps(mapped.to_dict()))) == mapped
+    assert "pack" not in cfg.to_dict() and "pack" not in GANConfig("mlp").to_dict()  # likewise
+    packed = GANConfig("dcgan", img_size=32, pack=4)
+    assert packed.to_dict()["pack"] == 4 and GANConfig(**json.loads(json.dumps(packed.to_dict()))) == packed
+
+
+@pytest.mark.parametrize("arch", ["mlp", "dcgan", "resnet"])
+def test_packing_d_judges_consecutive_images_together(arch):
+    torch.manual_seed(0)
+    kwargs = {"widths": (16, 16, 8, 8), "group_size": 8} if arch == "resnet" else {}
+    G, D = build_models(GANConfig(arch, latent_dim=8, img_size=32, channels=3, pack=2, **kwargs))
+    D.eval()  # DCGAN's BatchNorm would otherwise mix the packs through the batch statistics
+    images = G(torch.randn(6, 8)).detach()
+    logits = D(images)
+    assert logits.shape == (3, 1)
+    # pack k is images 2k and 2k+1: changing image 3 changes the second logit only
+    changed = images.clone()
+    changed[3] = -changed[3]
+    moved = (D(changed) - logits).abs().flatten()
+    assert moved[1] > 0 and moved[0] == 0 and moved[2] == 0
+    with pytest.raises(ValueError, match="a batch of 5 images does not split into packs of 2"):
+        D(images[:5])
 
 
 @pytest.mark.parametrize("kwargs,match", [({"img_size": 48}, "32, 64, 128 or 256"),

@@ -78,9 +78,28 @@ def test_penalty_equals_direct_autograd_on_a_tiny_resnet_d(scale):
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g_pen, g_dir))
 
 
-def test_penalised_d_gradients_under_two_gloo_ranks_equal_one_process():
+def test_penalty_of_a_packing_d_is_taken_per_pack():
+    """A D that packs 2 images: the penalty is E ||gradient of D's output w.r.t. its pack||^2 over the packs."""
+    torch.manual_seed(0)
+    _, D = build_models(GANConfig("resnet", latent_dim=8, img_size=32, channels=3, widths=(16, 16, 8, 8),
+                                  group_size=8, pack=2))
+    with torch.no_grad():
+        for p in D.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(6, 3, 32, 32, requires_grad=True)
+    logits = D(x)
+    assert logits.shape == (3, 1)
+    packs = x.detach().reshape(3, 6, 32, 32).requires_grad_(True)  # images 2k and 2k+1 side by side
+    D.pack = 1  # the same weights fed the packs directly
+    (grad,) = torch.autograd.grad(D(packs).sum(), packs)
+    direct = grad.square().sum(dim=(1, 2, 3)).mean()
+    assert torch.allclose(gradient_penalty(logits, x), direct, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pack", [1, 2])
+def test_penalised_d_gradients_under_two_gloo_ranks_equal_one_process(pack):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           ROOT / "tests" / "ddp_penalty_check.py"]
+           ROOT / "tests" / "ddp_penalty_check.py", pack]
     r = finish(*launch(cmd, env={"ACCELERATE_USE_CPU": "1"}, timeout=180))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stdout.count("penalised D gradients match one process") == 2, r.stdout

@@ -37,15 +37,17 @@ def g_loss(fake_logits, real_logits=None, kind="bce"):
 
 
 def gradient_penalty(logits, inputs, scaler=None):
-    """Zero-centred penalty E ||d D(x) / d x||^2 over the batch, in fp32; differentiable (create_graph).
+    """Zero-centred penalty E ||d D(x) / d x||^2 over D's outputs, in fp32; differentiable (create_graph).
 
     With R1 `inputs` are the reals D saw, with R2 the fakes; both need requires_grad before D's forward.
     With an fp16 GradScaler the input gradients are taken of the scaled logits (small gradients would
     underflow in fp16 otherwise) and unscaled before squaring, as in PyTorch's AMP "gradient penalty" example;
-    an overflow gives inf, which makes the scaler skip the step.
+    an overflow gives inf, which makes the scaler skip the step. When D packs k images into one output,
+    x is the pack: the squared norms of its k images add up (the mean over images, times k).
     """
     outputs = logits.float().sum()
     scale = scaler.get_scale() if scaler is not None else 1.0
     (grad,) = torch.autograd.grad(outputs * scale, inputs, create_graph=True)
     grad = grad.float() / scale
-    return grad.square().sum(dim=list(range(1, grad.dim()))).mean()
+    images_per_output = inputs.size(0) // logits.size(0)
+    return grad.square().sum(dim=list(range(1, grad.dim()))).mean() * images_per_output

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch.nn as nn
 
+from gan_dist.networks.packing import pack_images
 from gan_dist.networks.resnet import ResNetDiscriminator, ResNetGenerator, stage_widths
 
 ARCHS = ("mlp", "dcgan", "resnet")
@@ -32,11 +33,13 @@ class GANConfig:
     group_size: int = 16  # resnet only: channels per group of the grouped 3x3 convs
     expansion: int = 2  # resnet only: a block's inner width / its width
     mapping_layers: int = 0  # resnet only: hidden layers of the MLP that maps z before G's 4x4 stage
+    pack: int = 1  # D judges this many images at once, stacked along the channels (PacGAN)
 
     def __post_init__(self):
         for name, low, high in (("latent_dim", 1, 4096), ("img_size", 1, 1024), ("channels", 1, 3),
                                 ("base_width", 1, 1024), ("width", 1, 4096), ("blocks", 1, 64),
-                                ("group_size", 1, 4096), ("expansion", 1, 16), ("mapping_layers", 0, 16)):
+                                ("group_size", 1, 4096), ("expansion", 1, 16), ("mapping_layers", 0, 16),
+                                ("pack", 1, 16)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"--{name} must be an integer from {low} to {high}, got {value!r}")
@@ -76,7 +79,15 @@ class GANConfig:
                 del d[name]
         elif not self.mapping_layers:  # resnet gan.json from before the mapping MLP stays as it was
             del d["mapping_layers"]
+        if self.pack == 1:  # likewise from before packing
+            del d["pack"]
         return d
+
+    @property
+    def d_channels(self):
+        """Channels D's first layer takes: the image's, once per packed image."""
+        return self.channels * self.pack
+
 
 
 class MLPGenerator(nn.Module):
@@ -108,12 +119,14 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, cfg: GANConfig):
         super().__init__()
         self.model = nn.Sequential(
-            nn.Linear(cfg.channels * cfg.img_size ** 2, 512), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(cfg.d_channels * cfg.img_size ** 2, 512), nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(512, 256), nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(256, 1))
 
-    def forward(self, img):  # (B, C, H, W) -> (B, 1) logits
-        return self.model(img.flatten(1))
+        self.pack = cfg.pack
+
+    def forward(self, img):  # (B, C, H, W) -> (B / pack, 1) logits
+        return self.model(pack_images(img, self.pack).flatten(1))
 
 
 class DCGANGenerator(nn.Module):
@@ -143,16 +156,17 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         n_down = int(math.log2(cfg.img_size)) - 3
         width = cfg.base_width
-        layers = [nn.Conv2d(cfg.channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        layers = [nn.Conv2d(cfg.d_channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         for _ in range(n_down):  # each: (B, w, s, s) -> (B, 2w, s/2, s/2)
             layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
             width *= 2
         layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False)]  # (B, 1, 1, 1)
         self.model = nn.Sequential(*layers)
+        self.pack = cfg.pack
 
-    def forward(self, img):  # (B, C, H, W) -> (B, 1) logits
-        return self.model(img).flatten(1)
+    def forward(self, img):  # (B, C, H, W) -> (B / pack, 1) logits
+        return self.model(pack_images(img, self.pack)).flatten(1)
 
 
 def dcgan_init_(module):

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gan_dist.networks.packing import pack_images
+
 LEAK = 0.2
 ACT_GAIN = math.sqrt(2 / (1 + LEAK ** 2))  # keeps the variance through a leaky ReLU
 LAYERS_PER_BLOCK = 3
@@ -148,7 +150,8 @@ class ResNetDiscriminator(nn.Module):
         super().__init__()
         widths = stage_widths(cfg)[::-1]  # img_size down to 4x4
         n_blocks = cfg.blocks * len(widths)
-        self.from_image = conv(cfg.channels, widths[0], 1)
+        self.pack = cfg.pack
+        self.from_image = conv(cfg.d_channels, widths[0], 1)
         stages = []
         for i, w in enumerate(widths):
             blocks = [ResidualBlock(w, cfg.group_size, cfg.expansion, n_blocks) for _ in range(cfg.blocks)]
@@ -158,6 +161,6 @@ class ResNetDiscriminator(nn.Module):
         self.basis = DepthwiseBasis(widths[-1])
         self.to_logit = msr_init_(nn.Linear(widths[-1], 1))
 
-    def forward(self, img):  # (B, C, H, W) -> (B, 1) logits
-        x = self.stages(self.from_image(img))  # (B, w_last, 4, 4)
+    def forward(self, img):  # (B, C, H, W) -> (B / pack, 1) logits
+        x = self.stages(self.from_image(pack_images(img, self.pack)))  # (B / pack, w_last, 4, 4)
         return self.to_logit(self.basis(x))

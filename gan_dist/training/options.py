@@ -64,7 +64,7 @@ def gan_config(args):
     """The networks' configuration (GANConfig) these options ask for."""
     return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
                      widths=tuple(args.widths or ()), blocks=args.blocks, group_size=args.group_size,
-                     expansion=args.expansion, mapping_layers=args.mapping_layers)
+                     expansion=args.expansion, mapping_layers=args.mapping_layers, pack=args.pack)
 
 
 def parse_args(argv=None):
@@ -110,6 +110,9 @@ def parse_args(argv=None):
     p.add_argument("--expansion", type=int, default=2, help="resnet: inner width of a block / its width")
     p.add_argument("--mapping_layers", type=int, default=0,
                    help="resnet: hidden layers of an MLP on z before G's first stage (0: a linear map only)")
+    p.add_argument("--pack", type=int, default=1,
+                   help="D judges this many images at once, stacked along the channels (PacGAN; 1 = off); "
+                        "--batch_size must be a multiple")
     p.add_argument("--loss", choices=LOSSES, default=None,
                    help=preset_help("loss", "bce: the vanilla BCE; hinge; rpgan: relativistic pairing"))
     p.add_argument("--r1_gamma", type=float, default=None,
@@ -217,6 +220,9 @@ def parse_args(argv=None):
     for name in ("betas_g", "betas_d"):
         if not all(0 <= b < 1 for b in getattr(args, name)):
             p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
+    if args.pack >= 1 and args.batch_size % args.pack:
+        p.error(f"--batch_size {args.batch_size} does not split into packs of --pack {args.pack}; "
+                "use a multiple of it")
     if args.ema_rampup is not None and args.ema_rampup <= 0:
         p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
     try:

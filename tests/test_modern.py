@@ -64,8 +64,8 @@ def test_bad_recipe_flags_are_refused(argv, message, capsys):
 
 def test_modern_resume_with_mirror_and_lazy_penalties_is_bit_exact(tmp_path, digits32):
     # the cosine schedule spans --schedule_kimg, not the (shorter) first run
-    common = ("--preset", "modern", *TINY, "--mapping_layers", 2, "--pack", 2, "--mirror", "--reg_every", "2", "--r1_gamma", "1",
-              "--log_steps", 2, "--schedule_kimg", 6 * 16 / 1000,
+    common = ("--preset", "modern", *TINY, "--mapping_layers", 2, "--pack", 2, "--mirror", "--reg_every", "2",
+              "--r1_gamma", "1", "--log_steps", 2, "--schedule_kimg", 6 * 16 / 1000,
               "--checkpointing_steps", 4, "--sample_interval", 100)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     r = train(digits32, straight, "--max_train_steps", 6, *common)

@@ -45,13 +45,14 @@ def test_bad_config_is_rejected(kwargs, match):
 
 
 def resnet_param_count(latent, channels, widths, blocks, group, expansion=2, mapping=0):
-    """Counted from the design: block = 1x1 expand + bias, grouped 3x3 + bias, 1x1 project; 1x1 convs
-    between stages of different widths; G: 4x4 basis + mapping MLP (linear + bias per hidden layer, widths[0]
-    wide) + z map + to-image; D: from-image + depthwise 4x4 + linear."""
+    """Counted from the design: block = 1x1 expand + bias, grouped 3x3 + bias, 1x1 project (`blocks` per stage,
+    or a count per stage from 4x4 up); 1x1 convs between stages of different widths; G: 4x4 basis + mapping MLP
+    (linear + bias per hidden layer, widths[0] wide) + z map + to-image; D: from-image + depthwise 4x4 + linear."""
     def block(w):
         e = w * expansion
         return w * e + e + e * group * 9 + e + e * w
-    stages = sum(blocks * block(w) for w in widths)
+    counts = blocks if isinstance(blocks, tuple) else [blocks] * len(widths)
+    stages = sum(n * block(w) for n, w in zip(counts, widths))
     transitions = sum(a * b for a, b in zip(widths, widths[1:]) if a != b)
     w0 = widths[0]
     mlp = mapping and (latent * w0 + w0) + (mapping - 1) * (w0 * w0 + w0)
@@ -67,6 +68,7 @@ def resnet_param_count(latent, channels, widths, blocks, group, expansion=2, map
     (64, 3, {"width": 64}, (64, 64, 64, 64, 32)),
     (128, 1, {"width": 64}, (64, 64, 64, 64, 32, 16)),
     (32, 3, {"widths": (64, 32, 32, 16), "mapping_layers": 3}, (64, 32, 32, 16)),
+    (32, 3, {"widths": (64, 32, 32, 16), "blocks": (2, 3, 1, 1)}, (64, 32, 32, 16)),
 ])
 def test_resnet_shapes_and_parameter_counts(size, channels, kwargs, widths):
     torch.manual_seed(0)
@@ -78,6 +80,9 @@ def test_resnet_shapes_and_parameter_counts(size, channels, kwargs, widths):
     assert (count_params(G), count_params(D)) == resnet_param_count(16, channels, widths, cfg.blocks, cfg.group_size,
                                                                     mapping=cfg.mapping_layers)
     assert len(G.mapping) == 2 * cfg.mapping_layers  # linear + leaky ReLU per hidden layer
+    if cfg.blocks == (2, 3, 1, 1):  # G's stages run from 4x4 up, D's from the image down
+        assert [len(stage) for stage in G.stages] == [2, 4, 2, 2]  # a transition before every stage but the first
+        assert [len(stage) for stage in D.stages] == [2, 2, 4, 2]
     assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in [*G.modules(), *D.modules()])
 
 
@@ -116,6 +121,9 @@ def test_resnet_config_round_trips_through_gan_json():
     assert "mapping_layers" not in cfg.to_dict()
     mapped = GANConfig("resnet", latent_dim=16, img_size=32, widths=(64, 64, 32, 16), group_size=8, mapping_layers=2)
     assert mapped.to_dict()["mapping_layers"] == 2 and GANConfig(**json.loads(json.dumps(mapped.to_dict()))) == mapped
+    per_stage = GANConfig("resnet", img_size=32, widths=(64, 64, 32, 16), blocks=(2, 2, 1, 1))
+    assert per_stage.to_dict()["blocks"] == [2, 2, 1, 1] and cfg.to_dict()["blocks"] == 1
+    assert GANConfig(**json.loads(json.dumps(per_stage.to_dict()))) == per_stage
     assert "pack" not in cfg.to_dict() and "pack" not in GANConfig("mlp").to_dict()  # likewise
     packed = GANConfig("dcgan", img_size=32, pack=4)
     assert packed.to_dict()["pack"] == 4 and GANConfig(**json.loads(json.dumps(packed.to_dict()))) == packed
@@ -143,6 +151,8 @@ def test_packing_d_judges_consecutive_images_together(arch):
                                           ({"widths": (64, 64, 32)}, "needs 4 values"),
                                           ({"width": 24, "group_size": 32}, "multiple of --group_size"),
                                           ({"blocks": 0}, "--blocks must be an integer from 1 to 64"),
+                                          ({"blocks": (2, 1)}, "--blocks needs 1 or 4 values"),
+                                          ({"blocks": (2, 0, 1, 1)}, "--blocks must be an integer from 1 to 64"),
                                           ({"mapping_layers": -1}, "--mapping_layers must be an integer from 0")])
 def test_bad_resnet_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):

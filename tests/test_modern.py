@@ -54,6 +54,7 @@ def test_modern_preset_and_explicit_flags_override_it():
     (["--arch", "resnet", "--img_size", "32", "--mapping_layers", "17"], "--mapping_layers must be an integer from 0"),
     (["--batch_size", "6", "--pack", "4"], "--batch_size 6 does not split into packs of --pack 4"),
     (["--pack", "0"], "--pack must be an integer from 1 to 16"),
+    (["--arch", "resnet", "--img_size", "32", "--blocks", "2,x"], "expected a block count or one per stage"),
 ])
 def test_bad_recipe_flags_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):

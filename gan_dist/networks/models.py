@@ -29,7 +29,7 @@ class GANConfig:
     base_width: int = 64  # DCGAN only: channels of the widest G / narrowest D layer
     width: int = 64  # resnet only: channels per stage up to 32x32 (halved per doubling above)
     widths: tuple = ()  # resnet only: channels per stage from 4x4 up, overriding `width`
-    blocks: int = 1  # resnet only: residual blocks per stage
+    blocks: int | tuple = 1  # resnet only: residual blocks per stage, or one count per stage from 4x4 up
     group_size: int = 16  # resnet only: channels per group of the grouped 3x3 convs
     expansion: int = 2  # resnet only: a block's inner width / its width
     mapping_layers: int = 0  # resnet only: hidden layers of the MLP that maps z before G's 4x4 stage
@@ -37,7 +37,7 @@ class GANConfig:
 
     def __post_init__(self):
         for name, low, high in (("latent_dim", 1, 4096), ("img_size", 1, 1024), ("channels", 1, 3),
-                                ("base_width", 1, 1024), ("width", 1, 4096), ("blocks", 1, 64),
+                                ("base_width", 1, 1024), ("width", 1, 4096),
                                 ("group_size", 1, 4096), ("expansion", 1, 16), ("mapping_layers", 0, 16),
                                 ("pack", 1, 16)):
             value = getattr(self, name)
@@ -54,12 +54,20 @@ class GANConfig:
             raise ValueError(f"--arch dcgan needs --img_size 32, 64 or 128, got {self.img_size}; "
                              "use --arch mlp for other sizes")
         object.__setattr__(self, "widths", tuple(self.widths))  # a list when read back from gan.json
+        if isinstance(self.blocks, list):
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+        for count in (self.blocks if isinstance(self.blocks, tuple) else (self.blocks,)):
+            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 64:
+                raise ValueError(f"--blocks must be an integer from 1 to 64 (or one per stage), got {self.blocks!r}")
         if not all(type(w) is int for w in self.widths):
             raise ValueError(f"--widths must be whole numbers of channels, got {list(self.widths)}")
         if self.arch == "resnet":
             if self.img_size not in (32, 64, 128, 256):
                 raise ValueError(f"--arch resnet needs --img_size 32, 64, 128 or 256, got {self.img_size}")
             n_stages = int(math.log2(self.img_size)) - 1
+            if isinstance(self.blocks, tuple) and len(self.blocks) != n_stages:
+                raise ValueError(f"--blocks needs 1 or {n_stages} values at --img_size {self.img_size} (4x4 up to "
+                                 f"{self.img_size}x{self.img_size}), got {len(self.blocks)}")
             if self.widths and len(self.widths) != n_stages:
                 raise ValueError(f"--widths needs {n_stages} values at --img_size {self.img_size} (4x4 up to "
                                  f"{self.img_size}x{self.img_size}), got {len(self.widths)}")
@@ -74,6 +82,8 @@ class GANConfig:
     def to_dict(self):
         d = asdict(self)
         d["widths"] = list(self.widths)  # as JSON reads it back, so a resumed config compares equal
+        if isinstance(self.blocks, tuple):
+            d["blocks"] = list(self.blocks)
         if self.arch != "resnet":  # the other archs' gan.json stays as it was (old checkpoints still resume)
             for name in RESNET_FIELDS:
                 del d[name]

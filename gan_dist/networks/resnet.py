@@ -102,10 +102,17 @@ def stage_widths(cfg):
     return [max(cfg.width // max(1, 2 ** (i + 2) // 32), cfg.width // 8, 1) for i in range(n_stages)]
 
 
+def stage_blocks(cfg):
+    """Residual blocks per stage, from 4x4 up: cfg.blocks when it lists them, else cfg.blocks at every stage."""
+    n_stages = int(math.log2(cfg.img_size)) - 1
+    return list(cfg.blocks) if isinstance(cfg.blocks, tuple) else [cfg.blocks] * n_stages
+
+
 class ResNetGenerator(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        widths, n_blocks = stage_widths(cfg), cfg.blocks * len(stage_widths(cfg))
+        widths, blocks_at = stage_widths(cfg), stage_blocks(cfg)
+        n_blocks = sum(blocks_at)
         self.basis = nn.Parameter(torch.randn(widths[0], 4, 4))  # a learned 4x4 image per channel
         mapping, n_in = [], cfg.latent_dim
         for _ in range(cfg.mapping_layers):  # depth before the first image, where G splits z into separate modes
@@ -115,7 +122,7 @@ class ResNetGenerator(nn.Module):
         self.modulation = msr_init_(nn.Linear(n_in, widths[0], bias=False))
         stages = []
         for i, w in enumerate(widths):
-            blocks = [ResidualBlock(w, cfg.group_size, cfg.expansion, n_blocks) for _ in range(cfg.blocks)]
+            blocks = [ResidualBlock(w, cfg.group_size, cfg.expansion, n_blocks) for _ in range(blocks_at[i])]
             stages.append(nn.Sequential(*([Transition(widths[i - 1], w, "up")] if i else []), *blocks))
         self.stages = nn.Sequential(*stages)
         self.to_image = conv(widths[-1], cfg.channels, 1)
@@ -148,13 +155,13 @@ class DepthwiseBasis(nn.Module):
 class ResNetDiscriminator(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        widths = stage_widths(cfg)[::-1]  # img_size down to 4x4
-        n_blocks = cfg.blocks * len(widths)
+        widths, blocks_at = stage_widths(cfg)[::-1], stage_blocks(cfg)[::-1]  # img_size down to 4x4
+        n_blocks = sum(blocks_at)
         self.pack = cfg.pack
         self.from_image = conv(cfg.d_channels, widths[0], 1)
         stages = []
         for i, w in enumerate(widths):
-            blocks = [ResidualBlock(w, cfg.group_size, cfg.expansion, n_blocks) for _ in range(cfg.blocks)]
+            blocks = [ResidualBlock(w, cfg.group_size, cfg.expansion, n_blocks) for _ in range(blocks_at[i])]
             stages.append(nn.Sequential(*blocks, *([Transition(w, widths[i + 1], "down")]
                                                   if i + 1 < len(widths) else [])))
         self.stages = nn.Sequential(*stages)

@@ -39,6 +39,14 @@ def parse_betas(text):
     return [b1, b2]
 
 
+def parse_blocks(text):
+    try:
+        counts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a block count or one per stage (e.g. 2 or 2,2,1,1), got {text!r}")
+    return counts[0] if len(counts) == 1 else counts
+
+
 def parse_widths(text):
     try:
         return [int(v) for v in text.split(",")]
@@ -62,8 +70,9 @@ def resolve_preset(args):
 
 def gan_config(args):
     """The networks' configuration (GANConfig) these options ask for."""
+    blocks = tuple(args.blocks) if isinstance(args.blocks, list) else args.blocks
     return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
-                     widths=tuple(args.widths or ()), blocks=args.blocks, group_size=args.group_size,
+                     widths=tuple(args.widths or ()), blocks=blocks, group_size=args.group_size,
                      expansion=args.expansion, mapping_layers=args.mapping_layers, pack=args.pack)
 
 
@@ -105,7 +114,8 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=64, help="resnet: channels per stage up to 32x32, halved above")
     p.add_argument("--widths", type=parse_widths, default=None,
                    help="resnet: channels per stage from 4x4 up to --img_size, e.g. 64,64,32,16 at 32 px")
-    p.add_argument("--blocks", type=int, default=1, help="resnet: residual blocks per stage")
+    p.add_argument("--blocks", type=parse_blocks, default=1,
+                   help="resnet: residual blocks per stage, or one count per stage from 4x4 up (e.g. 2,2,1,1)")
     p.add_argument("--group_size", type=int, default=16, help="resnet: channels per group in the grouped 3x3 convs")
     p.add_argument("--expansion", type=int, default=2, help="resnet: inner width of a block / its width")
     p.add_argument("--mapping_layers", type=int, default=0,

@@ -51,6 +51,20 @@ def test_modes_and_kl_arithmetic(judge):
     one = images[:1].expand(500, -1, -1, -1)  # a collapsed generator: one image
     collapsed = mode_report(clf, one)
     assert collapsed["modes"] == 1 and collapsed["kl"] == pytest.approx(math.log(1000))
+    assert collapsed["kl_channels"] == pytest.approx(3 * math.log(10)) and collapsed["kl_dependence"] == 0
+
+
+def test_kl_splits_into_channel_unevenness_and_dependence(judge):
+    clf, _, _ = judge
+    images, _ = stacked(3000)
+    real = mode_report(clf, images)
+    assert real["kl"] == pytest.approx(real["kl_channels"] + real["kl_dependence"])
+    # drawn independently: close to the finite-sample floor, (1000 - 28) / (2 * 3000) = 0.16
+    assert real["kl_channels"] < 0.02 and 0.1 < real["kl_dependence"] < 0.25
+    # the same digit in all three channels: fully dependent, each channel as even as before
+    copied = mode_report(clf, images[:, :1].expand(-1, 3, -1, -1))
+    assert copied["kl"] == pytest.approx(copied["kl_channels"] + copied["kl_dependence"])
+    assert copied["kl_channels"] < 0.02 and copied["kl_dependence"] == pytest.approx(2 * math.log(10), abs=0.05)
 
 
 def test_stacked_source_labels_are_the_three_digits():

@@ -9,7 +9,8 @@ R, G and B channels at 32x32: 1,000 modes. Each recipe is trained through the pu
 (torchrun, --nproc CPU processes), sampled from its last checkpoint with gan_dist.sample
 (G_ema), and judged as in VEEGAN / PacGAN / R3GAN: a digit classifier (an SVM fit on real
 digits, its held-out accuracy reported) reads each channel of 26,000 samples; the report
-gives the modes that got at least one sample, KL(mode histogram || uniform) and the share of
+gives the modes that got at least one sample, KL(mode histogram || uniform), split into the
+channels' unevenness and the digits' dependence (they add up to it), and the share of
 channels read with probability >= 0.8 (ambiguous digits raise the KL too). The same
 judge on 26,000 real stacked images gives the floor a perfect generator would reach with
 this many samples. The `digits` case trains the modern recipe, with a mapping MLP on z

@@ -11,7 +11,7 @@ import torch
 from conftest import run_module
 from PIL import Image
 
-from gan_dist.evaluation.digits import channel_features, fit_judge, mode_report
+from gan_dist.evaluation.digits import channel_features, copy_report, fit_judge, mode_report
 from gan_dist.packing.sources import SourceOptions, read_stacked_digits
 
 
@@ -67,6 +67,20 @@ def test_kl_splits_into_channel_unevenness_and_dependence(judge):
     assert copied["kl_channels"] < 0.02 and copied["kl_dependence"] == pytest.approx(2 * math.log(10), abs=0.05)
 
 
+def test_draws_from_the_training_histogram_add_their_own_unevenness(judge):
+    clf, _, _ = judge
+    images, _ = stacked(3000)
+    real = mode_report(clf, images)
+    copy = copy_report(clf, images, 3000, draws=5)
+    assert copy["draws"] == 5 and copy["samples"] == 3000 and copy["training_images"] == 3000
+    assert copy["kl"] == pytest.approx(copy["kl_channels"] + copy["kl_dependence"])
+    # the set's own KL (about (1000 - 1) / (2 * 3000) from sampling) again on top of it
+    assert real["kl"] + 0.1 < copy["kl"] < 2 * real["kl"] + 0.1
+    assert copy["modes"] < real["modes"]
+    one = copy_report(clf, images[:1].expand(50, -1, -1, -1), 300, draws=2)
+    assert one["modes"] == 1 and one["kl"] == pytest.approx(math.log(1000))
+
+
 def test_stacked_source_labels_are_the_three_digits():
     from sklearn.datasets import load_digits
     digits = load_digits()
@@ -88,9 +102,10 @@ def test_quality_bench_end_to_end_tiny(tmp_path):
     assert case["steps"] == 2 and case["images"] == 64 and case["samples"] == 200
     assert 1 <= case["modes"] <= 200 and case["kl"] >= 0
     assert doc["real"]["samples"] == 200 and doc["judge"]["held_out_accuracy"] > 0.97
+    assert doc["training_copy"]["samples"] == 200 and doc["training_copy"]["training_images"] == 30_000
     assert 0 <= case["confident"] <= 1 and doc["real"]["confident"] > 0.95
     assert Image.open(out.with_suffix(".png")).size[0] > 0
-    assert "| vanilla |" in r.stdout and "floor" in r.stdout
+    assert "| vanilla |" in r.stdout and "floor" in r.stdout and "training set's mode histogram" in r.stdout
     # --reuse judges the finished run again without training it again
     r = run_module("gan_dist.bench", "quality", "--recipes", "vanilla", "--kimg", 0.064, "--nproc", 1,
                    "--samples", 100, "--out", out, "--work", tmp_path / "work", "--reuse",

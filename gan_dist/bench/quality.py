@@ -12,8 +12,10 @@ digits, its held-out accuracy reported) reads each channel of 26,000 samples; th
 gives the modes that got at least one sample, KL(mode histogram || uniform), split into the
 channels' unevenness and the digits' dependence (they add up to it), and the share of
 channels read with probability >= 0.8 (ambiguous digits raise the KL too). The same
-judge on 26,000 real stacked images gives the floor a perfect generator would reach with
-this many samples. The `digits` case trains the modern recipe, with a mapping MLP on z
+judge on 26,000 real stacked images gives the floor a generator of the true distribution would
+reach with this many samples; 26,000 draws from the judge's mode histogram of the 30,000
+training images give what a generator that copies the training set's own (uneven) histogram
+would reach. The `digits` case trains the modern recipe, with a mapping MLP on z
 (--mapping_layers 4), on the ten plain digits and reports the share of G_ema samples the
 classifier reads with probability >= 0.8 (and a grid of them beside --picture, `-digits.png`).
 Results go to --out (JSON, written after each case), a Markdown table and one PNG of the
@@ -33,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from gan_dist.bench.suite import machine_info
-from gan_dist.evaluation.digits import CONFIDENT, confident_share, fit_judge, mode_report
+from gan_dist.evaluation.digits import CONFIDENT, confident_share, copy_report, fit_judge, mode_report
 from gan_dist.evaluation.sample import generate, latents, load_generator, resolve_checkpoint
 from gan_dist.training.checkpoint import read_meta
 from gan_dist.training.data import load_into_memory, load_manifest
@@ -142,10 +144,13 @@ def markdown(doc):
              f"| recipe | modes (of 1,000) | KL ‖ uniform | channels read with p >= {CONFIDENT} | train wall | "
              "images/s | steps |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    real = doc.get("real")
+    real, copy = doc.get("real"), doc.get("training_copy")
     if real:
         lines.append(f"| real stacked digits (floor) | {real['modes']} | {real['kl']:.3f} | {real['confident']:.1%} "
                      "| | | |")
+    if copy:
+        lines.append(f"| draws from the training set's mode histogram | {copy['modes']:.0f} | {copy['kl']:.3f} "
+                     "| | | | |")
     for name, c in doc["cases"].items():
         if "modes" in c:
             lines.append(f"| {name} | {c['modes']} | {c['kl']:.3f} | {c['confident']:.1%} | "
@@ -217,8 +222,9 @@ def main(argv=None):
     grids = []
     if stacked:
         data = pack("stacked-digits", work / "stacked32", 3, work / "pack-stacked.log")
-        real = load_into_memory(load_manifest(str(data))[1])[0][:args.samples]
-        doc["real"] = mode_report(clf, real.float() / 127.5 - 1)
+        training_set = load_into_memory(load_manifest(str(data))[1])[0].float() / 127.5 - 1
+        doc["real"] = mode_report(clf, training_set[:args.samples])
+        doc["training_copy"] = copy_report(clf, training_set, args.samples, seed=args.seed)
         save()
     for name in args.recipes:
         kimg = args.digits_kimg if name == "digits" else args.kimg

@@ -2,6 +2,7 @@
 
     clf, accuracy, n = fit_judge()
     mode_report(clf, stacked_images)      # stacked digits: modes of 1,000, KL to uniform, confident share
+    copy_report(clf, training_images, n)  # the same for n draws from the training set's own mode histogram
     digit_report(clf, digit_images)       # one channel: digit score, confident share, class shares
 
 Used by `python -m gan_dist.evaluate --metrics digits` (a metric that needs no Inception
@@ -52,15 +53,33 @@ def mode_report(clf, images):
     the product of the channels' own); from finite samples the second is about (1000 - 28) / (2 N) even then."""
     x = channel_features(images)
     digits = clf.predict(x).reshape(len(images), 3)
+    return {**_histogram_report(digits), "confident": _shares(clf.predict_proba(x), len(images))["confident"],
+            "samples": len(images)}
+
+
+def copy_report(clf, images, n, draws=20, seed=0):
+    """What a generator that draws the training images' mode histogram exactly would score with n samples: the
+    mean report of `draws` sets of n modes drawn from the judge's histogram of `images` (the training set). Its
+    KL is the training set's own unevenness plus the sampling's, above that of n real images it holds."""
+    digits = clf.predict(channel_features(images)).reshape(len(images), 3)
     hist = np.bincount(digits @ np.array([100, 10, 1]), minlength=1000) / len(images)
-    channels = [np.bincount(digits[:, c], minlength=10) / len(images) for c in range(3)]
+    rng = np.random.default_rng(seed)
+    reports = [_histogram_report(np.stack(np.unravel_index(rng.choice(1000, n, p=hist), (10, 10, 10)), 1))
+               for _ in range(draws)]
+    return {**{k: float(np.mean([r[k] for r in reports])) for k in reports[0]}, "samples": n, "draws": draws,
+            "training_images": len(images)}
+
+
+def _histogram_report(digits):
+    """(N, 3) digits -> modes covered and the KL to uniform, split into the channels' part and the dependence."""
+    hist = np.bincount(digits @ np.array([100, 10, 1]), minlength=1000) / len(digits)
+    channels = [np.bincount(digits[:, c], minlength=10) / len(digits) for c in range(3)]
     independent = np.einsum("i,j,k->ijk", *channels).reshape(-1)
     seen = hist > 0
     p = hist[seen]
     return {"modes": int(seen.sum()), "kl": float((p * np.log(p * 1000)).sum()),
             "kl_channels": float(sum((q[q > 0] * np.log(q[q > 0] * 10)).sum() for q in channels)),
-            "kl_dependence": float((p * np.log(p / independent[seen])).sum()),
-            "confident": _shares(clf.predict_proba(x), len(images))["confident"], "samples": len(images)}
+            "kl_dependence": float((p * np.log(p / independent[seen])).sum())}
 
 
 def confident_share(clf, images):

@@ -10,7 +10,6 @@ of z (through an MLP of `mapping_layers` hidden layers, StyleGAN's mapping netwo
 D ends with a 4x4 depthwise conv and a linear layer to one logit.
 """
 import math
-import os
 
 import torch
 import torch.nn as nn
@@ -114,14 +113,13 @@ class ResNetGenerator(nn.Module):
         super().__init__()
         widths, blocks_at = stage_widths(cfg), stage_blocks(cfg)
         n_blocks = sum(blocks_at)
-        self.dense_input = os.environ.get("GAN_DENSE_INPUT") == "1"
         self.basis = nn.Parameter(torch.randn(widths[0], 4, 4))  # a learned 4x4 image per channel
         mapping, n_in = [], cfg.latent_dim
         for _ in range(cfg.mapping_layers):  # depth before the first image, where G splits z into separate modes
             mapping += [msr_init_(nn.Linear(n_in, widths[0]), ACT_GAIN), nn.LeakyReLU(LEAK)]
             n_in = widths[0]
         self.mapping = nn.Sequential(*mapping)
-        self.modulation = msr_init_(nn.Linear(n_in, widths[0] * (16 if self.dense_input else 1), bias=False))
+        self.modulation = msr_init_(nn.Linear(n_in, widths[0], bias=False))
         stages = []
         for i, w in enumerate(widths):
             blocks = [ResidualBlock(w, cfg.group_size, cfg.expansion, n_blocks) for _ in range(blocks_at[i])]
@@ -130,10 +128,7 @@ class ResNetGenerator(nn.Module):
         self.to_image = conv(widths[-1], cfg.channels, 1)
 
     def forward(self, z):  # (B, latent) -> (B, C, H, W), unbounded (no tanh, as in R3GAN)
-        if self.dense_input:
-            x = self.modulation(self.mapping(z)).view(z.size(0), -1, 4, 4)
-        else:
-            x = self.basis[None] * self.modulation(self.mapping(z))[:, :, None, None]  # (B, w0, 4, 4)
+        x = self.basis[None] * self.modulation(self.mapping(z))[:, :, None, None]  # (B, w0, 4, 4)
         return self.to_image(self.stages(x))  # each stage doubles: ... -> (B, w_last, H, W)
 
 

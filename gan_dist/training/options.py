@@ -70,9 +70,8 @@ def resolve_preset(args):
 
 def gan_config(args):
     """The networks' configuration (GANConfig) these options ask for."""
-    blocks = tuple(args.blocks) if isinstance(args.blocks, list) else args.blocks
     return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
-                     widths=tuple(args.widths or ()), blocks=blocks, group_size=args.group_size,
+                     widths=tuple(args.widths or ()), blocks=args.blocks, group_size=args.group_size,
                      expansion=args.expansion, mapping_layers=args.mapping_layers, pack=args.pack)
 
 

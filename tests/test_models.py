@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gan_dist.networks.models import GANConfig, build_models, count_params
+from gan_dist.networks.resnet import minibatch_std
 
 
 def test_vanilla_mlp_has_exact_parameter_counts():
@@ -127,6 +128,9 @@ def test_resnet_config_round_trips_through_gan_json():
     assert "pack" not in cfg.to_dict() and "pack" not in GANConfig("mlp").to_dict()  # likewise
     packed = GANConfig("dcgan", img_size=32, pack=4)
     assert packed.to_dict()["pack"] == 4 and GANConfig(**json.loads(json.dumps(packed.to_dict()))) == packed
+    assert "mbstd_group" not in cfg.to_dict()  # likewise from before the minibatch std
+    grouped = GANConfig("resnet", img_size=32, widths=(64, 64, 32, 16), mbstd_group=4)
+    assert grouped.to_dict()["mbstd_group"] == 4 and GANConfig(**json.loads(json.dumps(grouped.to_dict()))) == grouped
 
 
 @pytest.mark.parametrize("arch", ["mlp", "dcgan", "resnet"])
@@ -147,13 +151,42 @@ def test_packing_d_judges_consecutive_images_together(arch):
         D(images[:5])
 
 
+def test_minibatch_std_joins_each_input_to_its_group():
+    torch.manual_seed(0)
+    x = torch.randn(8, 5, 4, 4)
+    std = minibatch_std(x, 4)
+    assert std.shape == (8, 1, 4, 4)
+    # groups are strided: inputs 0, 2, 4, 6 and 1, 3, 5, 7; each gets its group's std, averaged over C, H, W
+    for first in (0, 1):
+        group = list(range(first, 8, 2))
+        expected = x[group].std(0, unbiased=False).mean()
+        assert torch.allclose(std[group], expected.expand(4, 1, 4, 4), atol=1e-6)
+    assert torch.equal(minibatch_std(x[:3], 4), minibatch_std(x[:3], 3))  # a smaller batch is one group
+    with pytest.raises(ValueError, match="groups 4 inputs at a time and got 6"):
+        minibatch_std(x[:6], 4)
+
+    G, D = build_models(GANConfig("resnet", latent_dim=8, img_size=32, widths=(16, 16, 8, 8), group_size=8,
+                                  mbstd_group=4))
+    assert count_params(D) == count_params(build_models(GANConfig("resnet", latent_dim=8, img_size=32,
+                                                                  widths=(16, 16, 8, 8), group_size=8))[1]) + (
+        17 * 16 + 16)  # at 4x4 (16 wide): the 1x1 conv from 16 + 1 channels back to 16, its activation's bias
+    images = G(torch.randn(8, 8)).detach()
+    logits = D(images)
+    changed = images.clone()
+    changed[3] = -changed[3]
+    moved = (D(changed) - logits).abs().flatten()
+    # image 3 moves its own logit and, through the group's std, those of 1, 5 and 7; not the other group's
+    assert (moved[[1, 3, 5, 7]] > 0).all() and (moved[[0, 2, 4, 6]] == 0).all()
+
+
 @pytest.mark.parametrize("kwargs,match", [({"img_size": 48}, "32, 64, 128 or 256"),
                                           ({"widths": (64, 64, 32)}, "needs 4 values"),
                                           ({"width": 24, "group_size": 32}, "multiple of --group_size"),
                                           ({"blocks": 0}, "--blocks must be an integer from 1 to 64"),
                                           ({"blocks": (2, 1)}, "--blocks needs 1 or 4 values"),
                                           ({"blocks": (2, 0, 1, 1)}, "--blocks must be an integer from 1 to 64"),
-                                          ({"mapping_layers": -1}, "--mapping_layers must be an integer from 0")])
+                                          ({"mapping_layers": -1}, "--mapping_layers must be an integer from 0"),
+                                          ({"mbstd_group": 65}, "--mbstd_group must be an integer from 0 to 64")])
 def test_bad_resnet_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GANConfig(**{"arch": "resnet", "img_size": 32, **kwargs})

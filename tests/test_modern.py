@@ -55,6 +55,10 @@ def test_modern_preset_and_explicit_flags_override_it():
     (["--batch_size", "6", "--pack", "4"], "--batch_size 6 does not split into packs of --pack 4"),
     (["--pack", "0"], "--pack must be an integer from 1 to 16"),
     (["--arch", "resnet", "--img_size", "32", "--blocks", "2,x"], "expected a block count or one per stage"),
+    (["--arch", "resnet", "--img_size", "32", "--batch_size", "12", "--mbstd_group", "8"],
+     "gives D 12 inputs a step, which do not split into groups of --mbstd_group 8"),
+    (["--mbstd_group", "4"], "--mbstd_group is for --arch resnet, got --arch mlp"),
+    (["--arch", "resnet", "--img_size", "32", "--mbstd_group", "-1"], "--mbstd_group must be an integer from 0 to 64"),
 ])
 def test_bad_recipe_flags_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -65,8 +69,8 @@ def test_bad_recipe_flags_are_refused(argv, message, capsys):
 
 def test_modern_resume_with_mirror_and_lazy_penalties_is_bit_exact(tmp_path, digits32):
     # the cosine schedule spans --schedule_kimg, not the (shorter) first run
-    common = ("--preset", "modern", *TINY, "--mapping_layers", 2, "--pack", 2, "--mirror", "--reg_every", "2",
-              "--r1_gamma", "1", "--log_steps", 2, "--schedule_kimg", 6 * 16 / 1000,
+    common = ("--preset", "modern", *TINY, "--mapping_layers", 2, "--pack", 2, "--mbstd_group", 4, "--mirror",
+              "--reg_every", "2", "--r1_gamma", "1", "--log_steps", 2, "--schedule_kimg", 6 * 16 / 1000,
               "--checkpointing_steps", 4, "--sample_interval", 100)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     r = train(digits32, straight, "--max_train_steps", 6, *common)
@@ -87,7 +91,7 @@ def test_modern_resume_with_mirror_and_lazy_penalties_is_bit_exact(tmp_path, dig
     meta = json.loads((straight / "checkpoints" / "checkpoint-6" / "gan.json").read_text())
     assert meta["gan_config"]["widths"] == [32, 32, 16, 8] and meta["gan_config"]["arch"] == "resnet"
     assert meta["gan_config"]["mapping_layers"] == 2  # gan_dist.sample below rebuilds G's mapping MLP from it
-    assert meta["gan_config"]["pack"] == 2
+    assert meta["gan_config"]["pack"] == 2 and meta["gan_config"]["mbstd_group"] == 4
 
     grid = tmp_path / "grid.png"
     r = run_module("gan_dist.sample", "--checkpoint", straight, "--n", 4, "--grid", grid)

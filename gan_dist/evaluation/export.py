@@ -28,7 +28,8 @@ from gan_dist.training.tracking import read_log
 GRID = "samples.png"
 # training options that describe the model; paths and machine settings stay private
 RECIPE_KEYS = ("preset", "arch", "latent_dim", "img_size", "channels", "base_width", "width", "widths", "blocks",
-               "group_size", "expansion", "mapping_layers", "loss", "batch_size", "lr_g", "lr_d", "betas_g", "betas_d",
+               "group_size", "expansion", "mapping_layers", "pack", "mbstd_group", "loss", "batch_size", "lr_g", "lr_d",
+               "betas_g", "betas_d",
                "r1_gamma", "r2_gamma", "reg_every", "schedule", "schedule_kimg", "mirror", "ema_kimg", "ema_rampup",
                "diffaug", "mixed_precision", "n_epochs", "max_train_steps", "seed")
 TRAIN_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "kimg")  # of metrics.jsonl; the rest is speed and bookkeeping

@@ -14,7 +14,7 @@ from gan_dist.networks.resnet import ResNetDiscriminator, ResNetGenerator, stage
 
 ARCHS = ("mlp", "dcgan", "resnet")
 # recorded only for --arch resnet
-RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion", "mapping_layers")
+RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion", "mapping_layers", "mbstd_group")
 MAX_MLP_PARAMS = 2**30  # the MLP G's last layer grows with the image: 4 GiB of float32 weights at most
 
 
@@ -34,12 +34,13 @@ class GANConfig:
     expansion: int = 2  # resnet only: a block's inner width / its width
     mapping_layers: int = 0  # resnet only: hidden layers of the MLP that maps z before G's 4x4 stage
     pack: int = 1  # D judges this many images at once, stacked along the channels (PacGAN)
+    mbstd_group: int = 0  # resnet only: D sees the std of its features over groups of this many inputs (0 = off)
 
     def __post_init__(self):
         for name, low, high in (("latent_dim", 1, 4096), ("img_size", 1, 1024), ("channels", 1, 3),
                                 ("base_width", 1, 1024), ("width", 1, 4096),
                                 ("group_size", 1, 4096), ("expansion", 1, 16), ("mapping_layers", 0, 16),
-                                ("pack", 1, 16)):
+                                ("pack", 1, 16), ("mbstd_group", 0, 64)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"--{name} must be an integer from {low} to {high}, got {value!r}")
@@ -61,6 +62,8 @@ class GANConfig:
                 raise ValueError(f"--blocks must be an integer from 1 to 64 (or one per stage), got {self.blocks!r}")
         if not all(type(w) is int for w in self.widths):
             raise ValueError(f"--widths must be whole numbers of channels, got {list(self.widths)}")
+        if self.mbstd_group and self.arch != "resnet":
+            raise ValueError(f"--mbstd_group is for --arch resnet, got --arch {self.arch}; leave it at 0")
         if self.arch == "resnet":
             if self.img_size not in (32, 64, 128, 256):
                 raise ValueError(f"--arch resnet needs --img_size 32, 64, 128 or 256, got {self.img_size}")
@@ -91,6 +94,8 @@ class GANConfig:
             del d["mapping_layers"]
         if self.pack == 1:  # likewise from before packing
             del d["pack"]
+        if not d.get("mbstd_group", 1):  # likewise from before the minibatch std
+            del d["mbstd_group"]
         return d
 
     @property

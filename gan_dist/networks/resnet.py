@@ -165,9 +165,28 @@ class ResNetDiscriminator(nn.Module):
             stages.append(nn.Sequential(*blocks, *([Transition(w, widths[i + 1], "down")]
                                                   if i + 1 < len(widths) else [])))
         self.stages = nn.Sequential(*stages)
+        self.mbstd_group = cfg.mbstd_group
+        if self.mbstd_group:  # the std joins the features as one more channel, mixed back by a 1x1 conv
+            self.mbstd = nn.Sequential(conv(widths[-1] + 1, widths[-1], 1, gain=ACT_GAIN),
+                                       BiasedLeakyReLU(widths[-1]))
         self.basis = DepthwiseBasis(widths[-1])
         self.to_logit = msr_init_(nn.Linear(widths[-1], 1))
 
     def forward(self, img):  # (B, C, H, W) -> (B / pack, 1) logits
         x = self.stages(self.from_image(pack_images(img, self.pack)))  # (B / pack, w_last, 4, 4)
+        if self.mbstd_group:
+            x = self.mbstd(torch.cat([x, minibatch_std(x, self.mbstd_group)], 1))
         return self.to_logit(self.basis(x))
+
+
+def minibatch_std(x, group):
+    """(N, C, H, W) -> (N, 1, H, W): per input, the features' std over its group, averaged over C, H and W
+    (StyleGAN's). Groups are strided (inputs i, i + N/g, ...), so they mix the batch's order; a group never
+    spans two calls of D (reals and fakes are judged apart) nor two processes (each groups its own batch)."""
+    g = min(group, len(x))
+    if len(x) % g:
+        raise ValueError(f"D's minibatch std groups {g} inputs at a time and got {len(x)}; use a --batch_size "
+                         f"(per process, over --pack) that is a multiple of --mbstd_group {group}")
+    y = x.float().view(g, -1, *x.shape[1:])
+    y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt().mean((1, 2, 3))  # (N / g,)
+    return y.repeat(g).view(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:]).to(x.dtype)

@@ -72,7 +72,8 @@ def gan_config(args):
     """The networks' configuration (GANConfig) these options ask for."""
     return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
                      widths=tuple(args.widths or ()), blocks=args.blocks, group_size=args.group_size,
-                     expansion=args.expansion, mapping_layers=args.mapping_layers, pack=args.pack)
+                     expansion=args.expansion, mapping_layers=args.mapping_layers, pack=args.pack,
+                     mbstd_group=args.mbstd_group)
 
 
 def parse_args(argv=None):
@@ -122,6 +123,9 @@ def parse_args(argv=None):
     p.add_argument("--pack", type=int, default=1,
                    help="D judges this many images at once, stacked along the channels (PacGAN; 1 = off); "
                         "--batch_size must be a multiple")
+    p.add_argument("--mbstd_group", type=int, default=0,
+                   help="resnet: D also sees the std of its 4x4 features over groups of this many inputs "
+                        "(StyleGAN's minibatch std; 0 = off); the batch per process over --pack must be a multiple")
     p.add_argument("--loss", choices=LOSSES, default=None,
                    help=preset_help("loss", "bce: the vanilla BCE; hinge; rpgan: relativistic pairing"))
     p.add_argument("--r1_gamma", type=float, default=None,
@@ -232,6 +236,10 @@ def parse_args(argv=None):
     if args.pack >= 1 and args.batch_size % args.pack:
         p.error(f"--batch_size {args.batch_size} does not split into packs of --pack {args.pack}; "
                 "use a multiple of it")
+    per_d = args.batch_size // max(1, args.pack)
+    if args.mbstd_group > 0 and per_d > args.mbstd_group and per_d % args.mbstd_group:
+        p.error(f"--batch_size {args.batch_size} gives D {per_d} inputs a step, which do not split into groups of "
+                f"--mbstd_group {args.mbstd_group}; use a batch (over --pack) that is a multiple of it")
     if args.ema_rampup is not None and args.ema_rampup <= 0:
         p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
     try:

@@ -41,7 +41,8 @@ from gan_dist.training.checkpoint import read_meta
 from gan_dist.training.data import load_into_memory, load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-# R1/R2 weight for the CPU-sized modern runs, from tuning runs
+# CPU-sized modern networks, and the R1/R2 weight their first tuning runs chose (docs/performance.md)
+CPU_SIZED = ["--preset", "modern", "--widths", "256,128,32,16", "--expansion", "1", "--group_size", "16"]
 GAMMA = ["--r1_gamma", "0.5", "--r2_gamma", "0.5"]
 RECIPES = {  # the flags each recipe adds to the common ones
     "vanilla": ["--preset", "vanilla"],
@@ -49,14 +50,15 @@ RECIPES = {  # the flags each recipe adds to the common ones
     # CPU-sized: wide stages at 4x4 and 8x8 (the digits' own grid) and dense-ish 3x3 convs (expansion 1), which
     # ran about as fast as narrower nets on one core and covered more modes at 24 kimg; a 5x rate, as these
     # He-initialised weights are large next to Adam's steps; R1/R2 every 4th step (a penalised step costs 2.4x)
-    "modern": ["--preset", "modern", "--widths", "256,128,32,16", "--expansion", "1", "--group_size", "16", *GAMMA,
-               "--lr", "0.001", "--reg_every", "4"],
+    # R1/R2 at 2 (not 0.5) evened out each channel's digits; D's minibatch std (groups of 4) helped a little more
+    "modern": [*CPU_SIZED, "--r1_gamma", "2", "--r2_gamma", "2", "--lr", "0.001", "--reg_every", "4",
+               "--mbstd_group", "4"],
     # the modern preset's loss, penalties, optimizer and schedules on the DCGAN nets (only when named)
     "modern-dcgan": ["--preset", "modern", "--arch", "dcgan", *GAMMA],
 }
 # the ten plain digits: the modern recipe with a 4-layer MLP on z, which draws fewer digits halfway between two
 # (on stacked digits it covered fewer modes, so the modern recipe goes without)
-DIGITS = [*RECIPES["modern"], "--mapping_layers", "4"]
+DIGITS = [*CPU_SIZED, *GAMMA, "--lr", "0.001", "--reg_every", "4", "--mapping_layers", "4"]
 DEFAULT_RECIPES = ["vanilla", "dcgan", "modern", "digits"]
 
 

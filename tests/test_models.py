@@ -192,12 +192,13 @@ def test_bad_resnet_config_is_rejected(kwargs, match):
         GANConfig(**{"arch": "resnet", "img_size": 32, **kwargs})
 
 
-def test_resnet_compiles_as_one_graph_and_matches_eager_in_channels_last():
+@pytest.mark.parametrize("mbstd_group", [0, 2])
+def test_resnet_compiles_as_one_graph_and_matches_eager_in_channels_last(mbstd_group):
     """--compile and channels-last: both nets trace without graph breaks (fullgraph) and give eager's images,
     logits and G's gradients. aot_eager traces forward and backward like inductor without a C++ compiler."""
     torch.manual_seed(0)
     G, D = build_models(GANConfig("resnet", latent_dim=16, img_size=32, channels=3, widths=(32, 32, 16, 16),
-                                  group_size=8))
+                                  group_size=8, mbstd_group=mbstd_group))
     G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     z = torch.randn(4, 16)
     eager_img = G(z)

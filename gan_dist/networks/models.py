@@ -15,6 +15,8 @@ from gan_dist.networks.resnet import ResNetDiscriminator, ResNetGenerator, stage
 ARCHS = ("mlp", "dcgan", "resnet")
 # recorded only for --arch resnet
 RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion", "mapping_layers", "mbstd_group")
+# fields added after gan.json was first written, and the value that leaves each one out of it
+LATER_FIELDS = {"mapping_layers": 0, "pack": 1, "mbstd_group": 0}
 MAX_MLP_PARAMS = 2**30  # the MLP G's last layer grows with the image: 4 GiB of float32 weights at most
 
 
@@ -90,12 +92,9 @@ class GANConfig:
         if self.arch != "resnet":  # the other archs' gan.json stays as it was (old checkpoints still resume)
             for name in RESNET_FIELDS:
                 del d[name]
-        elif not self.mapping_layers:  # resnet gan.json from before the mapping MLP stays as it was
-            del d["mapping_layers"]
-        if self.pack == 1:  # likewise from before packing
-            del d["pack"]
-        if not d.get("mbstd_group", 1):  # likewise from before the minibatch std
-            del d["mbstd_group"]
+        for name, off in LATER_FIELDS.items():  # at their "off" value, gan.json stays as it was before them
+            if d.get(name) == off:
+                del d[name]
         return d
 
     @property

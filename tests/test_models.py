@@ -70,6 +70,7 @@ def resnet_param_count(latent, channels, widths, blocks, group, expansion=2, map
     (128, 1, {"width": 64}, (64, 64, 64, 64, 32, 16)),
     (32, 3, {"widths": (64, 32, 32, 16), "mapping_layers": 3}, (64, 32, 32, 16)),
     (32, 3, {"widths": (64, 32, 32, 16), "blocks": (2, 3, 1, 1)}, (64, 32, 32, 16)),
+    (32, 3, {"widths": (64, 32, 32, 16), "blocks": (1, 1, 0, 0)}, (64, 32, 32, 16)),
 ])
 def test_resnet_shapes_and_parameter_counts(size, channels, kwargs, widths):
     torch.manual_seed(0)
@@ -84,6 +85,9 @@ def test_resnet_shapes_and_parameter_counts(size, channels, kwargs, widths):
     if cfg.blocks == (2, 3, 1, 1):  # G's stages run from 4x4 up, D's from the image down
         assert [len(stage) for stage in G.stages] == [2, 4, 2, 2]  # a transition before every stage but the first
         assert [len(stage) for stage in D.stages] == [2, 2, 4, 2]
+    if cfg.blocks == (1, 1, 0, 0):  # the 16x16 and 32x32 stages only resample
+        assert [len(stage) for stage in G.stages] == [1, 2, 1, 1]
+        assert [len(stage) for stage in D.stages] == [1, 1, 2, 1]
     assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in [*G.modules(), *D.modules()])
 
 
@@ -184,7 +188,8 @@ def test_minibatch_std_joins_each_input_to_its_group():
                                           ({"width": 24, "group_size": 32}, "multiple of --group_size"),
                                           ({"blocks": 0}, "--blocks must be an integer from 1 to 64"),
                                           ({"blocks": (2, 1)}, "--blocks needs 1 or 4 values"),
-                                          ({"blocks": (2, 0, 1, 1)}, "--blocks must be an integer from 1 to 64"),
+                                          ({"blocks": (2, -1, 1, 1)}, "one per stage from 0 to 64"),
+                                          ({"blocks": (0, 0, 0, 0)}, "at least one block in all"),
                                           ({"mapping_layers": -1}, "--mapping_layers must be an integer from 0"),
                                           ({"mbstd_group": 65}, "--mbstd_group must be an integer from 0 to 64")])
 def test_bad_resnet_config_is_rejected(kwargs, match):

@@ -59,9 +59,12 @@ class GANConfig:
         object.__setattr__(self, "widths", tuple(self.widths))  # a list when read back from gan.json
         if isinstance(self.blocks, list):
             object.__setattr__(self, "blocks", tuple(self.blocks))
-        for count in (self.blocks if isinstance(self.blocks, tuple) else (self.blocks,)):
-            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 64:
-                raise ValueError(f"--blocks must be an integer from 1 to 64 (or one per stage), got {self.blocks!r}")
+        counts = self.blocks if isinstance(self.blocks, tuple) else (self.blocks,)
+        # a stage may go without blocks (it only resamples), the network as a whole may not
+        if (any(not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 64 for n in counts)
+                or sum(counts) < 1):
+            raise ValueError(f"--blocks must be an integer from 1 to 64, or one per stage from 0 to 64 with at "
+                             f"least one block in all, got {self.blocks!r}")
         if not all(type(w) is int for w in self.widths):
             raise ValueError(f"--widths must be whole numbers of channels, got {list(self.widths)}")
         if self.mbstd_group and self.arch != "resnet":

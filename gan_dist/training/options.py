@@ -115,7 +115,8 @@ def parse_args(argv=None):
     p.add_argument("--widths", type=parse_widths, default=None,
                    help="resnet: channels per stage from 4x4 up to --img_size, e.g. 64,64,32,16 at 32 px")
     p.add_argument("--blocks", type=parse_blocks, default=1,
-                   help="resnet: residual blocks per stage, or one count per stage from 4x4 up (e.g. 2,2,1,1)")
+                   help="resnet: residual blocks per stage, or one count per stage from 4x4 up (e.g. 2,2,1,1); "
+                        "0 leaves a stage with its resampling alone")
     p.add_argument("--group_size", type=int, default=16, help="resnet: channels per group in the grouped 3x3 convs")
     p.add_argument("--expansion", type=int, default=2, help="resnet: inner width of a block / its width")
     p.add_argument("--mapping_layers", type=int, default=0,

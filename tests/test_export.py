@@ -152,6 +152,27 @@ def test_untrusted_config_is_refused(exported, tmp_path, capsys, change, message
     assert code != 0 and one_error_line(err) and message in err, err
 
 
+def test_resnet_with_a_count_of_blocks_per_stage_exports_and_loads(digits32, tmp_path, capsys):
+    """gan.json's per-stage `blocks` (a list, here with stages that only resample) passes config.json's checks."""
+    out = tmp_path / "run"
+    r = run_module("gan_dist.train", "--cpu", "--data", digits32, "--img_size", 32, "--channels", 1,
+                   "--batch_size", 8, "--n_cpu", 0, "--max_train_steps", 1, "--output_dir", out, "--report_to", "none",
+                   "--preset", "modern", "--widths", "32,32,16,16", "--blocks", "1,1,0,0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    code, _, err = call_main(export_mod.main, capsys, "--checkpoint", out, "--out", tmp_path / "m", "--n_samples", 1)
+    assert code == 0, err
+    G_hub = HubGenerator.from_pretrained(tmp_path / "m")
+    assert G_hub.gan_config.blocks == (1, 1, 0, 0)
+    z = latents(4, G_hub.gan_config.latent_dim, seed=3)
+    with torch.no_grad():
+        assert torch.equal(load_generator(out / "checkpoints" / "checkpoint-1")[0](z), G_hub(z))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["gan_config"]["blocks"] = [1, 1, -1, 0]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    code, _, err = call_main(sample_main, capsys, "--checkpoint", tmp_path / "m", "--n", 1, "--out_dir", tmp_path / "s")
+    assert code != 0 and one_error_line(err) and "gan_config.blocks = [1, 1, -1, 0]" in err, err
+
+
 def test_export_refuses_a_foreign_nonempty_out_dir(run, tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")

@@ -44,6 +44,11 @@ def check_gan_config(raw):
         raise HubError(f"{CONFIG}: unknown gan_config fields {unknown}; the model needs a newer gan-dist")
     for name, value in raw.items():
         default, limit = fields[name], LIMITS.get(name, DEFAULT_LIMIT)
+        if name == "blocks" and isinstance(value, list):  # one count per stage; GANConfig checks the rest
+            if len(value) > 16 or not all(type(v) is int and 0 <= v <= limit for v in value):
+                raise HubError(f"{CONFIG}: gan_config.blocks = {value!r}; expected an integer or a list of at most "
+                               f"16 integers from 0 to {limit}")
+            continue
         if isinstance(default, bool) and not isinstance(value, bool):
             raise HubError(f"{CONFIG}: gan_config.{name} = {value!r}; expected true or false")
         if type(default) is int and (type(value) is not int or not 1 <= value <= limit):

@@ -20,7 +20,8 @@ def test_a_run_repeats_from_its_own_args_json(tmp_path, digits16):
     assert {**recorded, "output_dir": None, "config": None} == {**repeated, "output_dir": None, "config": None}
     assert repeated["config"] == str(first / "args.json") and repeated["lr"] == 0.0005
     keys = ("step", "loss_D", "loss_G", "D_real", "D_fake")
-    assert [[row[k] for k in keys] for row in train_rows(first)] == [[row[k] for k in keys] for row in train_rows(again)]
+    first_rows, again_rows = ([[row[k] for k in keys] for row in train_rows(d)] for d in (first, again))
+    assert first_rows == again_rows
 
 
 def test_resolved_values_round_trip_and_flags_win(tmp_path):

@@ -103,8 +103,8 @@ def test_weights_G_and_ema_flags(run, exported, tmp_path, capsys):
     z = latents(4, 100, seed=0)
     with torch.no_grad():
         assert torch.equal(HubGenerator.from_pretrained(tmp_path / "g")(z), G_plain(z))
-    code, out, err = call_main(sample_main, capsys, "--checkpoint", tmp_path / "g", "--n", 2, "--out_dir", tmp_path / "s",
-                          "--ema")
+    code, out, err = call_main(sample_main, capsys, "--checkpoint", tmp_path / "g", "--n", 2,
+                               "--out_dir", tmp_path / "s", "--ema")
     assert code != 0 and "holds the trained G only" in err
     code, out, err = call_main(sample_main, capsys, "--checkpoint", exported, "--n", 2, "--out_dir", tmp_path / "s",
                           "--no-ema")
@@ -122,10 +122,12 @@ def test_bad_inputs_are_one_line_errors(exported, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, out, err = call_main(sample_main, capsys, "--checkpoint", tmp_path / "empty", "--n", 1, "--out_dir", tmp_path)
     assert code != 0 and one_error_line(err) and "config.json" in err
-    code, out, err = call_main(sample_main, capsys, "--checkpoint", "hf://nobody/no-model", "--n", 1, "--out_dir", tmp_path)
+    code, out, err = call_main(sample_main, capsys, "--checkpoint", "hf://nobody/no-model", "--n", 1,
+                               "--out_dir", tmp_path)
     assert code != 0 and one_error_line(err) and "HF_HUB_OFFLINE" in err
     shutil.copytree(exported, tmp_path / "no_weights", ignore=shutil.ignore_patterns("*.safetensors"))
-    code, out, err = call_main(sample_main, capsys, "--checkpoint", tmp_path / "no_weights", "--n", 1, "--out_dir", tmp_path)
+    code, out, err = call_main(sample_main, capsys, "--checkpoint", tmp_path / "no_weights", "--n", 1,
+                               "--out_dir", tmp_path)
     assert code != 0 and one_error_line(err) and "has no model.safetensors" in err
     code, out, err = call_main(export_mod.main, capsys, "--checkpoint", tmp_path / "none", "--out", tmp_path / "x",
                           "--push_to_hub")

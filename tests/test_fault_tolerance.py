@@ -79,7 +79,8 @@ def test_two_process_resume_is_bit_exact_with_workers(tmp_path, digits16):
     common = ["--cpu", "--data", digits16, "--img_size", 16, "--channels", 1, "--batch_size", 16, "--n_cpu", 1,
               "--cache_gb", 0, "--log_steps", 2, "--checkpointing_steps", 4, "--report_to", "none"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    for out, steps, extra in ((straight, 8, []), (resumed, 4, []), (resumed, 8, ["--resume_from_checkpoint", "latest"])):
+    resume = ["--resume_from_checkpoint", "latest"]
+    for out, steps, extra in ((straight, 8, []), (resumed, 4, []), (resumed, 8, resume)):
         r = run_torchrun([*common, "--output_dir", out, "--max_train_steps", steps, *extra], timeout=240)
         assert r.returncode == 0, r.stderr[-3000:]
     assert same_weights(weights(straight / "checkpoints" / "checkpoint-8"),

@@ -5,7 +5,8 @@ from gan_dist.training.options import parse_args
 
 
 @pytest.mark.parametrize("flag,value,message", [
-    ("--lr", "-1", "--lr must be > 0"), ("--lr", "nan", "--lr must be > 0"), ("--n_cpu", "-1", "--n_cpu must be from 0"),
+    ("--lr", "-1", "--lr must be > 0"), ("--lr", "nan", "--lr must be > 0"),
+    ("--n_cpu", "-1", "--n_cpu must be from 0"),
     ("--latent_dim", "0", "--latent_dim must be an integer from 1"), ("--b1", "1", "--b1 must be in [0, 1)"),
     ("--img_size", "100000", "--img_size must be an integer from 1 to 1024"),
     ("--max_skip_fraction", "2", "--max_skip_fraction must be in [0, 1]"), ("--cache_gb", "-1", "--cache_gb must be"),

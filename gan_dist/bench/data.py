@@ -196,7 +196,8 @@ def data_cases(shard_dirs, vanilla_folders, seconds, channels=3, device=None):
         for reader in ("webdataset", "ours"):
             cases[f"data/tar_{reader}_{size}"] = {
                 "images_per_s": tar_rate(first, seconds, reader), "cores": 1,
-                "what": f"tar -> samples, no decoding ({'gan_dist.training.tarstream' if reader == 'ours' else 'tarfile'})"}
+                "what": "tar -> samples, no decoding "
+                        f"({'gan_dist.training.tarstream' if reader == 'ours' else 'tarfile'})"}
         rate, load_s = memory_rate(first, seconds, device=device)
         cases[f"data/memory_{size}"] = {"images_per_s": rate, "cores": 1, "load_s": load_s,
                                         "what": f"in memory, an index per batch, {ends}"}

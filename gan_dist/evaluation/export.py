@@ -174,7 +174,8 @@ def export(args):
     out.mkdir(parents=True, exist_ok=True)
     images = generate(model, latents(args.n_samples, model.gan_config.latent_dim, args.seed), "cpu")
     grid_image(images, nrow=math.ceil(math.sqrt(args.n_samples))).save(out / GRID)
-    model_card(config, metrics, args.hub_model_id, out).save(out / "README.md")  # before save_pretrained, which keeps it
+    # before save_pretrained, which keeps a README.md it finds
+    model_card(config, metrics, args.hub_model_id, out).save(out / "README.md")
     model.save_pretrained(out, config=config)
     return out, config
 

@@ -319,8 +319,8 @@ def read_lol(opts):
     return Source(items, info)
 
 
-SOURCES = {"digits": read_digits, "stacked-digits": read_stacked_digits, "lfw-subset": read_lfw_subset, "folder": read_folder, "archive": read_archive,
-           "lfw": read_lfw, "anime": read_anime, "lol": read_lol}
+SOURCES = {"digits": read_digits, "stacked-digits": read_stacked_digits, "lfw-subset": read_lfw_subset,
+           "folder": read_folder, "archive": read_archive, "lfw": read_lfw, "anime": read_anime, "lol": read_lol}
 SOURCES["hf"] = read_hf
 # per-source defaults for options left unset
 DEFAULTS = {"anime": {"dedup": True}, "lol": {"dedup": True, "crops_per_image": 4}}

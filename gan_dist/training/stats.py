@@ -41,7 +41,8 @@ class IntervalStats:
         self.latest.update(values)
 
     def collect(self, accelerator, global_batch):
-        """Means over the interval and over ranks, throughput, timing, skipped samples (all ranks) and notes; then reset."""
+        """Means over the interval and over ranks, throughput, timing, skipped samples (all ranks) and notes;
+        then reset."""
         # one all-reduce for everything: the sums and this rank's skipped samples
         totals = accelerator.reduce(torch.cat([self.sums, self.sums.new_tensor([float(self.skipped)])]), "sum")
         means = (totals[:-1] / accelerator.num_processes / self.steps).tolist()

@@ -50,9 +50,10 @@ RECIPES = {  # the flags each recipe adds to the common ones
     # CPU-sized: wide stages at 4x4 and 8x8 (the digits' own grid) and dense-ish 3x3 convs (expansion 1), which
     # ran about as fast as narrower nets on one core and covered more modes at 24 kimg; a 5x rate, as these
     # He-initialised weights are large next to Adam's steps; R1/R2 every 4th step (a penalised step costs 2.4x)
-    # R1/R2 at 2 (not 0.5) evened out each channel's digits; D's minibatch std (groups of 4) helped a little more
+    # R1/R2 at 2 (not 0.5) evened out each channel's digits; D's minibatch std (groups of 4) helped a little more;
+    # R1/R2 kept at 2 to the end: the preset's fall to 1/10 (R3GAN's, for far longer runs) raised a short run's KL
     "modern": [*CPU_SIZED, "--r1_gamma", "2", "--r2_gamma", "2", "--lr", "0.001", "--reg_every", "4",
-               "--mbstd_group", "4"],
+               "--mbstd_group", "4", "--gamma_end_ratio", "1"],
     # the modern preset's loss, penalties, optimizer and schedules on the DCGAN nets (only when named)
     "modern-dcgan": ["--preset", "modern", "--arch", "dcgan", *GAMMA],
 }

@@ -5,7 +5,7 @@
     python -m gan_dist.bench step --img_size 128              # trainer vs the vanilla loop vs a bare loop
     python -m gan_dist.bench step --data shards/lfw           # on shards of your own
     python -m gan_dist.bench gpu --out $OUT/bench_gpu.json    # one CUDA GPU (launch/gpu_bench.sh)
-    python -m gan_dist.bench quality --kimg 300               # mode coverage of the recipes (bench/quality.py)
+    python -m gan_dist.bench quality --kimg 480               # mode coverage of the recipes (bench/quality.py)
     python -m gan_dist.bench smoke --work DIR                 # every recipe and precision end to end (bench/smoke.py)
 
 Every figure is a ratio of two cases measured in the same run on the same machine. Without

@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml constraints.txt
 # two workers (pytest-xdist): most tests wait on a subprocess's start or on one core
 TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not benchmarks" tests
+
+# the benchmarks' own end-to-end tests (slow): they run each suite at a tiny size
+.PHONY: test-benchmarks
+test-benchmarks: install
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m benchmarks tests
 
 # ---- embedded datasets (shipped inside scikit-learn / scikit-image: no download)
 $(SHARDS)/digits/manifest.json: | install
@@ -68,12 +73,12 @@ shards: install
 	@test -n "$(SRC)" -a -n "$(NAME)" || { echo "usage: make shards SRC=PATH_OR_URL NAME=name [SIZE=128 ...]"; exit 2; }
 	$(BIN)/python -m gan_dist.shard archive --out $(SHARDS)/$(NAME) $(SHARD_FLAGS)
 
-# ---- benchmarks: our loader and trainer against the vanilla loop, on this machine
+# ---- benchmarks (benchmarks/, run from this checkout): our loader and trainer against the vanilla loop
 # BENCH_FLAGS e.g. --img_size 128 (the step case at the vanilla recipe's size) or --data $(SHARDS)/lfw
 BENCH_FLAGS ?=
 .PHONY: bench
 bench: install
-	$(BIN)/python -m gan_dist.bench all --out $(RUNS)/bench.json $(BENCH_FLAGS)
+	$(BIN)/python -m benchmarks all --out $(RUNS)/bench.json $(BENCH_FLAGS)
 
 # ---- recipe quality: modes of stacked digits covered by the vanilla MLP, DCGAN and the modern recipe,
 # each trained on QUALITY_KIMG thousand images by 2 CPU processes, and the modern recipe on the ten digits
@@ -82,5 +87,5 @@ QUALITY_DIGITS_KIMG ?= 500
 QUALITY_FLAGS ?=
 .PHONY: bench-quality
 bench-quality: install
-	$(BIN)/python -m gan_dist.bench quality --kimg $(QUALITY_KIMG) --digits_kimg $(QUALITY_DIGITS_KIMG) \
+	$(BIN)/python -m benchmarks quality --kimg $(QUALITY_KIMG) --digits_kimg $(QUALITY_DIGITS_KIMG) \
 		--out $(RUNS)/bench_quality.json $(QUALITY_FLAGS)

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from gan_dist.networks.models import GANConfig, build_models
-from gan_dist.training.stats import IntervalStats
-from gan_dist.training.step import adam, gan_step
+from gan_dist.training.step import GANStep, adam
 
 GAMMA = 100.0  # large enough that the penalties carry a good share of the gradient
 PACK = int(sys.argv[1]) if len(sys.argv) > 1 else 1
@@ -21,7 +20,7 @@ accelerator = Accelerator(cpu=True)
 rank, world = accelerator.process_index, accelerator.num_processes
 torch.manual_seed(0)
 G, D = build_models(GANConfig("resnet", latent_dim=8, img_size=32, channels=3, widths=(16, 16, 8, 8), group_size=8,
-                                pack=PACK))
+                                pacgan=PACK))
 G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)  # as the trainer runs them
 with torch.no_grad():  # give the zero-initialised last convs weights, so every layer has a gradient
     for net in (G, D):
@@ -30,14 +29,13 @@ with torch.no_grad():  # give the zero-initialised last convs weights, so every 
 G_ref, D_ref = copy.deepcopy(G), copy.deepcopy(D)
 opt_G, opt_D = (adam(n.parameters(), 0.0, (0.0, 0.99), accelerator.device) for n in (G, D))  # lr 0: weights stay
 G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
-stats = IntervalStats(accelerator.device)
+gan_step = GANStep(accelerator, G, D, opt_G, opt_D, loss="rpgan")
 
 for step, gamma in enumerate((0.0, GAMMA, GAMMA), start=1):
     gen = torch.Generator().manual_seed(step)
     real, z = torch.rand(8, 3, 32, 32, generator=gen) * 2 - 1, torch.randn(8, 8, generator=gen)
     half = slice(rank * 8 // world, (rank + 1) * 8 // world)
-    gan_step(accelerator, G, D, opt_G, opt_D, real[half], z[half], stats, log_now=True, loss="rpgan",
-             r1_gamma=gamma, r2_gamma=gamma)
+    gan_step(real[half], z[half], r1_gamma=gamma, r2_gamma=gamma, with_norms=True)
 
 # the reference: one process, the whole batch, autograd directly
 x = real.clone().requires_grad_(True)

@@ -71,7 +71,8 @@ def pack_with(root, replacement):
 
 READ = """
 import sys
-from gan_dist.training.data import first_batch, load_into_memory, load_manifest, shard_counts
+from gan_dist.training.data import first_batch, load_into_memory
+from gan_dist.training.manifest import load_manifest, shard_counts
 manifest, urls = load_manifest(sys.argv[1])
 images, skipped = load_into_memory(urls, 0, shard_counts(manifest, urls))
 print(len(images), skipped, tuple(first_batch(urls, 200, seed=0).shape))

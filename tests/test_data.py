@@ -7,15 +7,8 @@ import torch
 from PIL import Image
 
 from gan_dist.packing.shard import MANIFEST, pack
-from gan_dist.training.data import (
-    DataError,
-    check_matches,
-    epoch_batches,
-    load_into_memory,
-    load_manifest,
-    memory_epoch_batches,
-    to_device_float,
-)
+from gan_dist.training.data import epoch_batches, load_into_memory, memory_epoch_batches, to_device_float
+from gan_dist.training.manifest import DataError, check_matches, load_manifest
 
 
 def batches(urls, epoch=0, seed=0, skip=0, workers=0, steps=6, bs=32):
@@ -173,3 +166,24 @@ def test_decode_on_device_matches_the_workers_and_replaces_a_bad_jpeg(photo_pack
 
     with pytest.raises(DataError, match="--format jpg"):
         check_matches(load_manifest(photo_packs["png"])[0], 32, 3, photo_packs["png"], jpeg=True)
+
+
+def test_a_streamed_run_measures_fid_on_a_bounded_draw_of_reals(digits16):
+    """FID/KID during a streamed run decodes --fid_samples reals, never the whole set that did not fit in memory."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from gan_dist.training.reals import real_data
+
+    manifest, urls = load_manifest(digits16)
+    args = SimpleNamespace(cache_gb=0, decode_on_device=False, batch_size=16, seed=0, n_cpu=0, channels=1)
+    try:
+        data = real_data(args, manifest, urls, Accelerator(cpu=True), steps_per_epoch=4)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert data.in_memory is None
+    reals = data.for_metrics(40, seed=3)
+    assert reals.shape == (40, 1, 16, 16) and manifest["count"] > 40
+    assert torch.equal(reals, data.for_metrics(40, seed=3))  # the same draw each evaluation: comparable figures

@@ -12,7 +12,8 @@ from test_metrics import PoolFeatures
 from gan_dist.evaluation.evaluate import parse_args, run
 from gan_dist.evaluation.metrics import evaluate
 from gan_dist.evaluation.sample import load_generator
-from gan_dist.training.data import load_into_memory, load_manifest
+from gan_dist.training.data import load_into_memory
+from gan_dist.training.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")

@@ -126,6 +126,24 @@ def test_corrupt_image_and_truncated_shard_are_skipped_and_counted(tmp_path):
     assert r.returncode != 0 and "11 of 100 images" in r.stderr and "--max_skip_fraction" in r.stderr
 
 
+def test_a_stop_between_log_steps_saves_the_skipped_samples_counted_so_far(tmp_path):
+    """Skips are counted per rank and reduced when a row is logged; a stop saves them too, logged or not."""
+    data = make_damaged_shards(tmp_path / "faces")
+    out = tmp_path / "run"
+    proc, timeout = launch([sys.executable, "-m", "gan_dist.train", "--cpu", "--data", data, "--img_size", 8,
+                            "--channels", 1, "--batch_size", 8, "--n_cpu", 0, "--cache_gb", 0,
+                            "--max_train_steps", 100000, "--log_steps", 100000, "--checkpointing_steps", 100000,
+                            "--sample_interval", 40, "--max_skip_fraction", 0.5, "--output_dir", out,
+                            "--report_to", "none"])
+    wait_for(lambda: (out / "samples" / "samples_0000040.png").exists(), proc)  # 320 images read: 3 epochs
+    proc.send_signal(signal.SIGTERM)
+    r = finish(proc, timeout)
+    assert r.returncode == 143, r.stderr[-3000:]
+    assert not (out / "metrics.jsonl").exists()  # no row was logged
+    meta = json.loads(next((out / "checkpoints").glob("checkpoint-*/gan.json")).read_text())
+    assert meta["global_step"] >= 40 and meta["skipped_samples"] >= 3  # each epoch meets the damaged samples
+
+
 def test_nan_stops_with_the_step_and_network_and_keeps_the_last_checkpoint(tmp_path, digits16):
     out = tmp_path / "run"
     assert finish(*launch(train_cmd(digits16, out, "--max_train_steps", 4, "--checkpointing_steps", 4))).returncode == 0

@@ -19,9 +19,8 @@ from conftest import run_module
 from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 
-from gan_dist.networks.models import GANConfig, build_models
+from gan_dist.networks.models import GANConfig, build_models, generate
 from gan_dist.training.data import decode_sample
-from gan_dist.training.step import generate
 
 STEPS = 2000
 

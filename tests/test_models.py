@@ -129,19 +129,22 @@ def test_resnet_config_round_trips_through_gan_json():
     per_stage = GANConfig("resnet", img_size=32, widths=(64, 64, 32, 16), blocks=(2, 2, 1, 1))
     assert per_stage.to_dict()["blocks"] == [2, 2, 1, 1] and cfg.to_dict()["blocks"] == 1
     assert GANConfig(**json.loads(json.dumps(per_stage.to_dict()))) == per_stage
-    assert "pack" not in cfg.to_dict() and "pack" not in GANConfig("mlp").to_dict()  # likewise
-    packed = GANConfig("dcgan", img_size=32, pack=4)
-    assert packed.to_dict()["pack"] == 4 and GANConfig(**json.loads(json.dumps(packed.to_dict()))) == packed
+    assert "pacgan" not in cfg.to_dict() and "pacgan" not in GANConfig("mlp").to_dict()  # likewise
+    packed = GANConfig("dcgan", img_size=32, pacgan=4)
+    assert packed.to_dict()["pacgan"] == 4 and GANConfig(**json.loads(json.dumps(packed.to_dict()))) == packed
+    # gan.json written before PacGAN's option had its name calls it "pack"
+    old = {k: v for k, v in packed.to_dict().items() if k != "pacgan"} | {"pack": 4}
+    assert GANConfig.from_dict(old) == packed
     assert "mbstd_group" not in cfg.to_dict()  # likewise from before the minibatch std
     grouped = GANConfig("resnet", img_size=32, widths=(64, 64, 32, 16), mbstd_group=4)
     assert grouped.to_dict()["mbstd_group"] == 4 and GANConfig(**json.loads(json.dumps(grouped.to_dict()))) == grouped
 
 
 @pytest.mark.parametrize("arch", ["mlp", "dcgan", "resnet"])
-def test_packing_d_judges_consecutive_images_together(arch):
+def test_pacgan_d_judges_consecutive_images_together(arch):
     torch.manual_seed(0)
     kwargs = {"widths": (16, 16, 8, 8), "group_size": 8} if arch == "resnet" else {}
-    G, D = build_models(GANConfig(arch, latent_dim=8, img_size=32, channels=3, pack=2, **kwargs))
+    G, D = build_models(GANConfig(arch, latent_dim=8, img_size=32, channels=3, pacgan=2, **kwargs))
     D.eval()  # DCGAN's BatchNorm would otherwise mix the packs through the batch statistics
     images = G(torch.randn(6, 8)).detach()
     logits = D(images)
@@ -151,7 +154,7 @@ def test_packing_d_judges_consecutive_images_together(arch):
     changed[3] = -changed[3]
     moved = (D(changed) - logits).abs().flatten()
     assert moved[1] > 0 and moved[0] == 0 and moved[2] == 0
-    with pytest.raises(ValueError, match="a batch of 5 images does not split into packs of 2"):
+    with pytest.raises(ValueError, match="a batch of 5 images does not split into PacGAN groups of 2"):
         D(images[:5])
 
 

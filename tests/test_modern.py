@@ -10,9 +10,8 @@ from safetensors.torch import load_file
 from test_learning import digit_score
 
 from gan_dist.evaluation.digits import channel_features, fit_judge
-from gan_dist.networks.models import GANConfig, build_models
+from gan_dist.networks.models import GANConfig, build_models, generate
 from gan_dist.training.options import GAMMA_FOR_RES, parse_args
-from gan_dist.training.step import generate
 
 TINY = ("--widths", "32,32,16,8", "--group_size", "8", "--latent_dim", "32")
 
@@ -52,8 +51,8 @@ def test_modern_preset_and_explicit_flags_override_it():
     (["--arch", "resnet", "--img_size", "48"], "32, 64, 128 or 256"),
     (["--arch", "resnet", "--img_size", "32", "--widths", "64,64"], "needs 4 values"),
     (["--arch", "resnet", "--img_size", "32", "--mapping_layers", "17"], "--mapping_layers must be an integer from 0"),
-    (["--batch_size", "6", "--pack", "4"], "--batch_size 6 does not split into packs of --pack 4"),
-    (["--pack", "0"], "--pack must be an integer from 1 to 16"),
+    (["--batch_size", "6", "--pacgan", "4"], "--batch_size 6 does not split into groups of --pacgan 4"),
+    (["--pacgan", "0"], "--pacgan must be an integer from 1 to 16"),
     (["--arch", "resnet", "--img_size", "32", "--blocks", "2,x"], "expected a block count or one per stage"),
     (["--arch", "resnet", "--img_size", "32", "--batch_size", "12", "--mbstd_group", "8"],
      "gives D 12 inputs a step, which do not split into groups of --mbstd_group 8"),
@@ -69,7 +68,7 @@ def test_bad_recipe_flags_are_refused(argv, message, capsys):
 
 def test_modern_resume_with_mirror_and_lazy_penalties_is_bit_exact(tmp_path, digits32):
     # the cosine schedule spans --schedule_kimg, not the (shorter) first run
-    common = ("--preset", "modern", *TINY, "--mapping_layers", 2, "--pack", 2, "--mbstd_group", 4, "--mirror",
+    common = ("--preset", "modern", *TINY, "--mapping_layers", 2, "--pacgan", 2, "--mbstd_group", 4, "--mirror",
               "--reg_every", "2", "--r1_gamma", "1", "--log_steps", 2, "--schedule_kimg", 6 * 16 / 1000,
               "--checkpointing_steps", 4, "--sample_interval", 100)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -91,7 +90,7 @@ def test_modern_resume_with_mirror_and_lazy_penalties_is_bit_exact(tmp_path, dig
     meta = json.loads((straight / "checkpoints" / "checkpoint-6" / "gan.json").read_text())
     assert meta["gan_config"]["widths"] == [32, 32, 16, 8] and meta["gan_config"]["arch"] == "resnet"
     assert meta["gan_config"]["mapping_layers"] == 2  # gan_dist.sample below rebuilds G's mapping MLP from it
-    assert meta["gan_config"]["pack"] == 2 and meta["gan_config"]["mbstd_group"] == 4
+    assert meta["gan_config"]["pacgan"] == 2 and meta["gan_config"]["mbstd_group"] == 4
 
     grid = tmp_path / "grid.png"
     r = run_module("gan_dist.sample", "--checkpoint", straight, "--n", 4, "--grid", grid)

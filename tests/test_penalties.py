@@ -13,8 +13,7 @@ from conftest import ROOT, finish, launch
 
 from gan_dist.networks.losses import d_loss, g_loss, gradient_penalty
 from gan_dist.networks.models import GANConfig, build_models
-from gan_dist.training.stats import IntervalStats
-from gan_dist.training.step import adam, gan_step
+from gan_dist.training.step import GANStep, adam
 
 REAL, FAKE = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([-3.0, 0.0, 1.5])
 
@@ -82,7 +81,7 @@ def test_penalty_of_a_packing_d_is_taken_per_pack():
     """A D that packs 2 images: the penalty is E ||gradient of D's output w.r.t. its pack||^2 over the packs."""
     torch.manual_seed(0)
     _, D = build_models(GANConfig("resnet", latent_dim=8, img_size=32, channels=3, widths=(16, 16, 8, 8),
-                                  group_size=8, pack=2))
+                                  group_size=8, pacgan=2))
     with torch.no_grad():
         for p in D.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -90,7 +89,7 @@ def test_penalty_of_a_packing_d_is_taken_per_pack():
     logits = D(x)
     assert logits.shape == (3, 1)
     packs = x.detach().reshape(3, 6, 32, 32).requires_grad_(True)  # images 2k and 2k+1 side by side
-    D.pack = 1  # the same weights fed the packs directly
+    D.pacgan = 1  # the same weights fed the PacGAN groups directly
     (grad,) = torch.autograd.grad(D(packs).sum(), packs)
     direct = grad.square().sum(dim=(1, 2, 3)).mean()
     assert torch.allclose(gradient_penalty(logits, x), direct, rtol=1e-5)
@@ -129,12 +128,11 @@ def batch():
 def test_penalised_step_under_bf16_is_finite(fresh_state):
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
     G, D, opt_G, opt_D = small_resnet(accelerator)
-    stats = IntervalStats(accelerator.device)
+    step = GANStep(accelerator, G, D, opt_G, opt_D, loss="rpgan")
     for _ in range(3):
-        out = gan_step(accelerator, G, D, opt_G, opt_D, *batch(), stats, log_now=True, loss="rpgan",
-                       r1_gamma=1.0, r2_gamma=1.0)
-        assert all(torch.isfinite(t).all() for t in out)
-    assert stats.latest["r1"].dtype == torch.float32 and math.isfinite(stats.latest["r1"].item())
+        d, g = step(*batch(), r1_gamma=1.0, r2_gamma=1.0, with_norms=True)
+        assert all(torch.isfinite(t).all() for t in (d.loss, g.loss, d.real_logits, d.fake_logits))
+    assert d.penalties["r1"].dtype == torch.float32 and math.isfinite(d.penalties["r1"].item())
     assert all(torch.isfinite(p).all() for net in (G, D) for p in net.parameters())
 
 
@@ -149,13 +147,11 @@ def test_penalised_step_with_the_fp16_scaler_uses_unscaled_penalties(fresh_state
     x = real.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(D(x).sum(), x)
     expected_r1 = grad.square().sum(dim=(1, 2, 3)).mean()
-    stats = IntervalStats(accelerator.device)
-    out = gan_step(accelerator, G, D, opt_G, opt_D, real, z, stats, log_now=True, loss="rpgan",
-                   r1_gamma=1.0, r2_gamma=1.0)
-    assert all(torch.isfinite(t).all() for t in out)
-    assert stats.skipped_updates == 0 and scaler.get_scale() == 2.0 ** 16
-    assert torch.allclose(stats.latest["r1"], expected_r1, rtol=1e-4)  # the penalty, not the scaled one
-    assert math.isfinite(stats.latest["grad_norm_D"])
+    d, g = GANStep(accelerator, G, D, opt_G, opt_D, loss="rpgan")(real, z, 1.0, 1.0, with_norms=True)
+    assert all(torch.isfinite(t).all() for t in (d.loss, g.loss, d.real_logits, d.fake_logits))
+    assert d.skipped.item() == 0 and g.skipped.item() == 0 and scaler.get_scale() == 2.0 ** 16
+    assert torch.allclose(d.penalties["r1"], expected_r1, rtol=1e-4)  # the penalty, not the scaled one
+    assert math.isfinite(d.grad_norm.item())
 
 
 def test_cosine_schedule_of_rates_and_gammas_with_lazy_regularisation():

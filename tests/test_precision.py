@@ -6,8 +6,7 @@ from conftest import run_module, train_rows
 
 from gan_dist.networks.losses import d_loss
 from gan_dist.networks.models import GANConfig, build_models
-from gan_dist.training.stats import IntervalStats
-from gan_dist.training.step import adam, gan_step
+from gan_dist.training.step import GANStep, adam
 
 
 def prepared(scale):
@@ -30,9 +29,8 @@ def test_fp16_scaler_updates_and_reports_unscaled_gradient_norms():
     before = [p.detach().clone() for p in D.parameters()]
     with torch.no_grad():
         fake = G(z)  # what G draws before its own update (train mode: batch statistics)
-    stats = IntervalStats(accelerator.device)
-    gan_step(accelerator, G, D, opt_G, opt_D, real, z, stats, log_now=True)
-    assert stats.skipped_updates == 0 and scaler.get_scale() == 1024.0
+    d, g = GANStep(accelerator, G, D, opt_G, opt_D)(real, z, with_norms=True)
+    assert d.skipped.item() == 0 and g.skipped.item() == 0 and scaler.get_scale() == 1024.0
     assert any(not torch.equal(a, b) for a, b in zip(before, D.parameters()))
     # the logged norm is the true one: recompute D's gradient without any scaling
     D.zero_grad()
@@ -40,7 +38,7 @@ def test_fp16_scaler_updates_and_reports_unscaled_gradient_norms():
         p.data.copy_(b)
     d_loss(D(real), D(fake)).backward()
     true_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in D.parameters()]))
-    assert torch.isclose(torch.as_tensor(stats.latest["grad_norm_D"]), true_norm, rtol=1e-3)
+    assert torch.isclose(d.grad_norm, true_norm, rtol=1e-3)
 
 
 def test_fp16_overflow_skips_the_update_and_backs_off_the_shared_scale():
@@ -49,9 +47,8 @@ def test_fp16_overflow_skips_the_update_and_backs_off_the_shared_scale():
     real[3, 0, 4, 4] = float("inf")  # an overflowed activation: D's gradients become non-finite
     before_D = [p.detach().clone() for p in D.parameters()]
     before_G = [p.detach().clone() for p in G.parameters()]
-    stats = IntervalStats(accelerator.device)
-    gan_step(accelerator, G, D, opt_G, opt_D, real, z, stats)
-    assert stats.skipped_updates == 1  # D's update skipped; G's (through a finite D) applied
+    d, g = GANStep(accelerator, G, D, opt_G, opt_D)(real, z)
+    assert d.skipped.item() == 1 and g.skipped.item() == 0  # D's update skipped; G's (through a finite D) applied
     assert all(torch.equal(a, b) for a, b in zip(before_D, D.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_G, G.parameters()))
     assert scaler.get_scale() == 512.0  # the one shared scale backed off once

@@ -14,7 +14,8 @@ from PIL import Image
 
 from gan_dist.packing.download import sha256_file
 from gan_dist.packing.shard import pack
-from gan_dist.training.data import DataError, load_into_memory, load_manifest, shard_counts
+from gan_dist.training.data import load_into_memory
+from gan_dist.training.manifest import DataError, load_manifest, shard_counts
 from gan_dist.training.preemption import REPEAT_S
 
 

@@ -2,7 +2,8 @@ import json
 import shutil
 
 import pytest
-from conftest import run_module
+import torch
+from conftest import call_main, run_module
 from conftest import train_rows as rows
 from PIL import Image
 from safetensors.torch import load_file
@@ -165,3 +166,31 @@ def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):
 def test_bad_diffaug_policy_is_refused(tmp_path, digits16):
     r = train(digits16, tmp_path / "run", "--diffaug", "colour")
     assert r.returncode != 0 and "colour" in r.stderr
+
+
+def test_training_and_evaluation_set_the_gpu_backends_and_the_flags_turn_them_off(tmp_path, digits16, capsys):
+    """TF32 and cuDNN's autotuner are set at start (no effect on the CPU, but the same code path as on a GPU)."""
+    from accelerate.state import AcceleratorState
+
+    from gan_dist.evaluation.evaluate import main as evaluate_main
+    from gan_dist.train import main as train_main
+
+    def backends():
+        return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    common = ("--cpu", "--data", digits16, "--img_size", 16, "--channels", 1, "--batch_size", 16, "--n_cpu", 0,
+              "--max_train_steps", 1, "--report_to", "none")
+    before = backends()
+    try:
+        for flags, expected in ((("--no-allow_tf32", "--no-cudnn_benchmark"), (False, False, False)),
+                                ((), (True, True, True))):
+            code, _, err = call_main(train_main, capsys, *common, "--output_dir", tmp_path / str(len(flags)), *flags)
+            assert code == 0, err[-2000:]
+            assert backends() == expected
+            AcceleratorState._reset_state(reset_partial_state=True)
+        torch.backends.cudnn.benchmark = False
+        code, _, err = call_main(evaluate_main, capsys, "--checkpoint", tmp_path / "0", "--data", digits16, "--cpu",
+                                 "--metrics", "digits")
+        assert torch.backends.cudnn.benchmark
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = before

@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from gan_dist.names import MANIFEST
-from gan_dist.training.data import DataError, first_batch, load_manifest
+from gan_dist.training.data import first_batch
+from gan_dist.training.manifest import DataError, load_manifest
 from gan_dist.training.options import parse_args
 from gan_dist.training.tarstream import TarFormatError, tar_members
 

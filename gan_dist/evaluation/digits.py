@@ -6,7 +6,7 @@
     digit_report(clf, digit_images)       # one channel: digit score, confident share, class shares
 
 Used by `python -m gan_dist.evaluate --metrics digits` (a metric that needs no Inception
-weights) and by `python -m gan_dist.bench quality`. Images are float in [-1, 1], any size:
+weights) and by `python -m benchmarks quality`. Images are float in [-1, 1], any size:
 each channel is averaged back to the digits' 8x8 grid.
 """
 import warnings

@@ -23,9 +23,11 @@ from accelerate import Accelerator
 
 from gan_dist.evaluation.digits import CONFIDENT, digit_report, fit_judge
 from gan_dist.evaluation.metrics import MetricUnavailable, evaluate, format_result, inception_for_run
-from gan_dist.evaluation.sample import SampleError, generate, latents, load_generator, resolve_checkpoint
+from gan_dist.evaluation.sample import SampleError, latents, load_generator, resolve_checkpoint
+from gan_dist.networks.models import generate
 from gan_dist.training.checkpoint import CheckpointError, read_meta
-from gan_dist.training.data import DataError, load_into_memory, load_manifest
+from gan_dist.training.data import load_into_memory
+from gan_dist.training.manifest import DataError, load_manifest
 
 GPU_NUM_GEN, CPU_NUM_GEN = 50_000, 5_000
 
@@ -99,6 +101,7 @@ def fid_kid(args, accelerator, extractor, G, meta, num_gen):
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.backends.cudnn.benchmark = True  # the same shapes in every batch: cuDNN's fastest algorithms pay off
     accelerator = Accelerator(cpu=args.cpu)
     try:
         resolve_checkpoint(args.checkpoint), load_manifest(args.data)  # fail fast, before Inception loads
@@ -123,5 +126,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    torch.backends.cudnn.benchmark = True
     main()

@@ -18,18 +18,19 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
-from gan_dist.evaluation.sample import SampleError, generate, grid_image, latents, load_generator, resolve_checkpoint
+from gan_dist.evaluation.sample import SampleError, grid_image, latents, load_generator, resolve_checkpoint
 from gan_dist.names import MANIFEST
 from gan_dist.networks.hub import CONFIG, REPO_ID, TAGS, WEIGHTS, HubError, HubGenerator, check_gan_config
+from gan_dist.networks.models import generate
 from gan_dist.training.checkpoint import CheckpointError, read_meta
 from gan_dist.training.ema import EMA_FILE
-from gan_dist.training.tracking import read_log
+from gan_dist.training.runlog import read_log
 
 GRID = "samples.png"
 # training options that describe the model; paths and machine settings stay private
 RECIPE_KEYS = ("preset", "arch", "latent_dim", "img_size", "channels", "base_width", "width", "widths", "blocks",
-               "group_size", "expansion", "mapping_layers", "pack", "mbstd_group", "loss", "batch_size", "lr_g", "lr_d",
-               "betas_g", "betas_d",
+               "group_size", "expansion", "mapping_layers", "pacgan", "mbstd_group", "loss", "batch_size", "lr_g",
+               "lr_d", "betas_g", "betas_d",
                "r1_gamma", "r2_gamma", "reg_every", "schedule", "schedule_kimg", "mirror", "ema_kimg", "ema_rampup",
                "diffaug", "mixed_precision", "n_epochs", "max_train_steps", "seed")
 TRAIN_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "kimg")  # of metrics.jsonl; the rest is speed and bookkeeping

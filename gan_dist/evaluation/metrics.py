@@ -168,12 +168,15 @@ def _manifest_path(data):
     return path / MANIFEST if path.is_dir() else path
 
 
-def real_cache_path(data, extractor, num_real, cache_dir=None):
-    """Where the real features of `data` (a shard dir or its manifest.json) are cached for this extractor."""
+def real_cache_path(data, extractor, num_real, cache_dir=None, subset="memory"):
+    """Where the real features of `data` (a shard dir or its manifest.json) are cached for this extractor.
+    `subset` says how the images were chosen (see `real_features`); each choice has its own file."""
     manifest = _manifest_path(data)
-    key = json.dumps({"manifest_sha256": sha256_file(manifest), "extractor": extractor_id(extractor),
-                      "resize": getattr(extractor, "resize", "none"), "num_real": num_real, "input": "uint8-rgb"},
-                     sort_keys=True)
+    key = {"manifest_sha256": sha256_file(manifest), "extractor": extractor_id(extractor),
+           "resize": getattr(extractor, "resize", "none"), "num_real": num_real, "input": "uint8-rgb"}
+    if subset != "memory":  # the key of the in-memory choice stays as it was: its cached files stay valid
+        key["subset"] = subset
+    key = json.dumps(key, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()
     name = f"{manifest.parent.name}-{num_real}-{digest[:16]}.safetensors"
     return cache_root(cache_dir) / "real-features" / name, digest
@@ -200,7 +203,8 @@ def _cache_valid(path, digest):
         return False
 
 
-def real_features(accelerator, extractor, real_images, data, num_real=None, cache_dir=None, batch_size=64):
+def real_features(accelerator, extractor, real_images, data, num_real=None, cache_dir=None, batch_size=64,
+                  subset="memory"):
     """Features of up to `num_real` real images, from the cache or computed on all ranks and gathered.
 
     Args:
@@ -211,13 +215,15 @@ def real_features(accelerator, extractor, real_images, data, num_real=None, cach
         num_real: images to use (a fixed random subset when fewer than the dataset); None = the whole dataset.
         cache_dir: cache root (features go to CACHE/real-features/); default $XDG_CACHE_HOME/gan-dist.
         batch_size: images per extractor call.
+        subset: "memory" when `real_images` is the whole decoded set (a seeded subset of it is taken), "stream"
+            when it is `num_real` images drawn from the shard stream (a streamed run never decodes the whole set).
 
     Returns:
         (features float32 (num_real, D) on accelerator.device, cache path, whether the cache was used).
     """
     count = json.loads(_manifest_path(data).read_text())["count"]
     num_real = min(num_real or count, count)
-    path, digest = real_cache_path(data, extractor, num_real, cache_dir)
+    path, digest = real_cache_path(data, extractor, num_real, cache_dir, subset)
     hit = accelerator.gather(torch.tensor([int(_cache_valid(path, digest))], device=accelerator.device)).all()
     if hit:  # all ranks see a valid copy (node-local caches included)
         with safe_open(str(path), framework="pt") as f:
@@ -302,7 +308,7 @@ def fid_kid(real_feats, gen_feats, kid_subsets=100, kid_subset_size=1000, seed=0
 
 
 def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=10000, num_real=None,
-             cache_dir=None, batch_size=64, seed=0, kid_subsets=100, kid_subset_size=1000):
+             cache_dir=None, batch_size=64, seed=0, kid_subsets=100, kid_subset_size=1000, real_subset="memory"):
     """FID and KID of G against the dataset; every rank must call it and gets the same result.
 
     Args:
@@ -314,7 +320,7 @@ def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=1
         latent_dim: size of z.
         num_gen: generated images (the name's count: fid10k for 10000).
         num_real: real images; default num_gen, at most the dataset.
-        cache_dir, batch_size: see `real_features`.
+        cache_dir, batch_size, real_subset: see `real_features` (its `subset`).
         seed: latents and KID subsets.
         kid_subsets, kid_subset_size: see `fid_kid`.
 
@@ -323,7 +329,7 @@ def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=1
          "eval_tool": str, "eval_resize": str, "eval_real_cached": bool}
     """
     real, _, cached = real_features(accelerator, extractor, real_images, data, num_real or num_gen, cache_dir,
-                                    batch_size)
+                                    batch_size, real_subset)
     gen = generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size, seed)
     fid, kid, kid_std = fid_kid(real, gen, kid_subsets, kid_subset_size, seed)
     return {metric_name("fid", num_gen): fid, metric_name("kid", num_gen): kid,

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torchvision.utils import make_grid
 
-from gan_dist.networks.models import GANConfig, build_models
+from gan_dist.networks.models import GANConfig, build_models, generate
 from gan_dist.training.checkpoint import META, WEIGHT_FILES, CheckpointError, list_checkpoints, read_meta
 from gan_dist.training.ema import EMA_FILE
 
@@ -104,7 +104,7 @@ def checkpoint_config(checkpoint):
     """The GANConfig in a checkpoint's gan.json, checked (SampleError names what is wrong)."""
     config = read_meta(checkpoint)["gan_config"]  # CheckpointError if gan.json is not JSON
     try:
-        return GANConfig(**config)
+        return GANConfig.from_dict(config)
     except (ValueError, TypeError) as e:
         raise SampleError(f"{Path(checkpoint) / META} is malformed ({e.__class__.__name__}: {e}); "
                           "use another checkpoint") from None
@@ -155,12 +155,6 @@ def latents(n, latent_dim, seed, truncation=1.0, walk_steps=None):
         t = torch.linspace(0, 1, walk_steps)[None, :, None]  # (1, steps, 1)
         z = slerp(z[:, None], z_end[:, None], t)  # (n, steps, latent)
     return z * truncation
-
-
-@torch.no_grad()
-def generate(G, z, device, batch_size=256):
-    """Images of G for z (N, latent) in batches: float (N, C, H, W) in [-1, 1] on the CPU."""
-    return torch.cat([G(zb.to(device)).float().cpu() for zb in z.split(batch_size)])
 
 
 def to_pil(img):

@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gan_dist.training.tracking import TRAIN_LOG, read_log  # noqa: E402
+from gan_dist.training.runlog import TRAIN_LOG, read_log  # noqa: E402
 
 
 def sample_grids(run_dir, max_grids=6):

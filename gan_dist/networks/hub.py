@@ -38,6 +38,7 @@ def check_gan_config(raw):
     """A GANConfig from config.json's "gan_config", refused (HubError) if a field is unknown, mistyped or too large."""
     if not isinstance(raw, dict):
         raise HubError(f"{CONFIG}: \"gan_config\" must be an object, got {type(raw).__name__}")
+    raw = {("pacgan" if k == "pack" else k): v for k, v in raw.items()}  # PacGAN's older name
     fields = {f.name: f.default for f in dataclasses.fields(GANConfig)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:

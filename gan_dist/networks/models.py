@@ -7,16 +7,17 @@ run under autocast; D(x) as a probability is `torch.sigmoid(logit)`.
 import math
 from dataclasses import asdict, dataclass
 
+import torch
 import torch.nn as nn
 
-from gan_dist.networks.packing import pack_images
+from gan_dist.networks.pacgan import pacgan_inputs
 from gan_dist.networks.resnet import ResNetDiscriminator, ResNetGenerator, stage_widths
 
 ARCHS = ("mlp", "dcgan", "resnet")
 # recorded only for --arch resnet
 RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion", "mapping_layers", "mbstd_group")
 # fields added after gan.json was first written, and the value that leaves each one out of it
-LATER_FIELDS = {"mapping_layers": 0, "pack": 1, "mbstd_group": 0}
+LATER_FIELDS = {"mapping_layers": 0, "pacgan": 1, "mbstd_group": 0}
 MAX_MLP_PARAMS = 2**30  # the MLP G's last layer grows with the image: 4 GiB of float32 weights at most
 
 
@@ -35,14 +36,14 @@ class GANConfig:
     group_size: int = 16  # resnet only: channels per group of the grouped 3x3 convs
     expansion: int = 2  # resnet only: a block's inner width / its width
     mapping_layers: int = 0  # resnet only: hidden layers of the MLP that maps z before G's 4x4 stage
-    pack: int = 1  # D judges this many images at once, stacked along the channels (PacGAN)
+    pacgan: int = 1  # D judges this many images at once, stacked along the channels (PacGAN)
     mbstd_group: int = 0  # resnet only: D sees the std of its features over groups of this many inputs (0 = off)
 
     def __post_init__(self):
         for name, low, high in (("latent_dim", 1, 4096), ("img_size", 1, 1024), ("channels", 1, 3),
                                 ("base_width", 1, 1024), ("width", 1, 4096),
                                 ("group_size", 1, 4096), ("expansion", 1, 16), ("mapping_layers", 0, 16),
-                                ("pack", 1, 16), ("mbstd_group", 0, 64)):
+                                ("pacgan", 1, 16), ("mbstd_group", 0, 64)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"--{name} must be an integer from {low} to {high}, got {value!r}")
@@ -87,6 +88,14 @@ class GANConfig:
                                      f"channels, not a multiple of --group_size {self.group_size}; "
                                      "pick a --width or --group_size that divides")
 
+    @classmethod
+    def from_dict(cls, d):
+        """The config a gan.json (or config.json's gan_config) holds; its older name `pack` is `pacgan`."""
+        d = dict(d)
+        if "pack" in d and "pacgan" not in d:
+            d["pacgan"] = d.pop("pack")
+        return cls(**d)
+
     def to_dict(self):
         d = asdict(self)
         d["widths"] = list(self.widths)  # as JSON reads it back, so a resumed config compares equal
@@ -102,8 +111,8 @@ class GANConfig:
 
     @property
     def d_channels(self):
-        """Channels D's first layer takes: the image's, once per packed image."""
-        return self.channels * self.pack
+        """Channels D's first layer takes: the image's, once per image of a PacGAN group."""
+        return self.channels * self.pacgan
 
 
 
@@ -140,10 +149,10 @@ class MLPDiscriminator(nn.Module):
             nn.Linear(512, 256), nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(256, 1))
 
-        self.pack = cfg.pack
+        self.pacgan = cfg.pacgan
 
-    def forward(self, img):  # (B, C, H, W) -> (B / pack, 1) logits
-        return self.model(pack_images(img, self.pack).flatten(1))
+    def forward(self, img):  # (B, C, H, W) -> (B / pacgan, 1) logits
+        return self.model(pacgan_inputs(img, self.pacgan).flatten(1))
 
 
 class DCGANGenerator(nn.Module):
@@ -180,10 +189,10 @@ class DCGANDiscriminator(nn.Module):
             width *= 2
         layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False)]  # (B, 1, 1, 1)
         self.model = nn.Sequential(*layers)
-        self.pack = cfg.pack
+        self.pacgan = cfg.pacgan
 
-    def forward(self, img):  # (B, C, H, W) -> (B / pack, 1) logits
-        return self.model(pack_images(img, self.pack)).flatten(1)
+    def forward(self, img):  # (B, C, H, W) -> (B / pacgan, 1) logits
+        return self.model(pacgan_inputs(img, self.pacgan)).flatten(1)
 
 
 def dcgan_init_(module):
@@ -210,3 +219,16 @@ def build_models(cfg: GANConfig):
 
 def count_params(module):
     return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def generate(G, z, device=None, batch_size=256):
+    """G's images for latents z (N, latent_dim), in batches and in eval mode (BatchNorm's running statistics;
+    G's mode is restored): float32 (N, C, H, W) in [-1, 1] on the CPU."""
+    device = device or next(G.parameters()).device
+    was_training = G.training
+    G.eval()
+    try:
+        return torch.cat([G(zb.to(device)).float().cpu() for zb in z.split(batch_size)])
+    finally:
+        G.train(was_training)

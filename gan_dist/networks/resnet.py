@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gan_dist.networks.packing import pack_images
+from gan_dist.networks.pacgan import pacgan_inputs
 
 LEAK = 0.2
 ACT_GAIN = math.sqrt(2 / (1 + LEAK ** 2))  # keeps the variance through a leaky ReLU
@@ -157,7 +157,7 @@ class ResNetDiscriminator(nn.Module):
         super().__init__()
         widths, blocks_at = stage_widths(cfg)[::-1], stage_blocks(cfg)[::-1]  # img_size down to 4x4
         n_blocks = sum(blocks_at)
-        self.pack = cfg.pack
+        self.pacgan = cfg.pacgan
         self.from_image = conv(cfg.d_channels, widths[0], 1)
         stages = []
         for i, w in enumerate(widths):
@@ -172,8 +172,8 @@ class ResNetDiscriminator(nn.Module):
         self.basis = DepthwiseBasis(widths[-1])
         self.to_logit = msr_init_(nn.Linear(widths[-1], 1))
 
-    def forward(self, img):  # (B, C, H, W) -> (B / pack, 1) logits
-        x = self.stages(self.from_image(pack_images(img, self.pack)))  # (B / pack, w_last, 4, 4)
+    def forward(self, img):  # (B, C, H, W) -> (B / pacgan, 1) logits
+        x = self.stages(self.from_image(pacgan_inputs(img, self.pacgan)))  # (B / pacgan, w_last, 4, 4)
         if self.mbstd_group:
             x = self.mbstd(torch.cat([x, minibatch_std(x, self.mbstd_group)], 1))
         return self.to_logit(self.basis(x))
@@ -186,7 +186,7 @@ def minibatch_std(x, group):
     g = min(group, len(x))
     if len(x) % g:
         raise ValueError(f"D's minibatch std groups {g} inputs at a time and got {len(x)}; use a --batch_size "
-                         f"(per process, over --pack) that is a multiple of --mbstd_group {group}")
+                         f"(per process, over --pacgan) that is a multiple of --mbstd_group {group}")
     y = x.float().view(g, -1, *x.shape[1:])
     y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt().mean((1, 2, 3))  # (N / g,)
     return y.repeat(g).view(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:]).to(x.dtype)

@@ -21,13 +21,7 @@ import webdataset as wds
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from gan_dist.training.manifest import (  # noqa: F401 (the trainer and the bench import them from here)
-    DataError,
-    check_batch,
-    check_matches,
-    load_manifest,
-    shard_counts,
-)
+from gan_dist.training.manifest import DataError
 from gan_dist.training.pngcheck import plain_png
 from gan_dist.training.preemption import ignore_stop_signals
 from gan_dist.training.tarstream import tar_samples

@@ -72,7 +72,7 @@ def gan_config(args):
     """The networks' configuration (GANConfig) these options ask for."""
     return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
                      widths=tuple(args.widths or ()), blocks=args.blocks, group_size=args.group_size,
-                     expansion=args.expansion, mapping_layers=args.mapping_layers, pack=args.pack,
+                     expansion=args.expansion, mapping_layers=args.mapping_layers, pacgan=args.pacgan,
                      mbstd_group=args.mbstd_group)
 
 
@@ -121,12 +121,12 @@ def parse_args(argv=None):
     p.add_argument("--expansion", type=int, default=2, help="resnet: inner width of a block / its width")
     p.add_argument("--mapping_layers", type=int, default=0,
                    help="resnet: hidden layers of an MLP on z before G's first stage (0: a linear map only)")
-    p.add_argument("--pack", type=int, default=1,
+    p.add_argument("--pacgan", type=int, default=1,
                    help="D judges this many images at once, stacked along the channels (PacGAN; 1 = off); "
                         "--batch_size must be a multiple")
     p.add_argument("--mbstd_group", type=int, default=0,
                    help="resnet: D also sees the std of its 4x4 features over groups of this many inputs "
-                        "(StyleGAN's minibatch std; 0 = off); the batch per process over --pack must be a multiple")
+                        "(StyleGAN's minibatch std; 0 = off); the batch per process over --pacgan must be a multiple")
     p.add_argument("--loss", choices=LOSSES, default=None,
                    help=preset_help("loss", "bce: the vanilla BCE; hinge; rpgan: relativistic pairing"))
     p.add_argument("--r1_gamma", type=float, default=None,
@@ -176,6 +176,11 @@ def parse_args(argv=None):
                    help="default: what `accelerate config`/`accelerate launch` set, else no")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present (gloo when multi-process)")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D (inductor); falls back with a message")
+    p.add_argument("--allow_tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="TF32 matmuls and convolutions on Ampere GPUs and later (--no-allow_tf32 for full fp32)")
+    p.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=True,
+                   help="let cuDNN time its algorithms for each shape (--no-cudnn_benchmark for repeatable "
+                        "algorithm choices)")
     # data parallelism
     p.add_argument("--sync_bn", action="store_true", help="BatchNorm statistics over the global batch (CUDA)")
     p.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP gradient bucket size in MiB")
@@ -234,13 +239,13 @@ def parse_args(argv=None):
     for name in ("betas_g", "betas_d"):
         if not all(0 <= b < 1 for b in getattr(args, name)):
             p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
-    if args.pack >= 1 and args.batch_size % args.pack:
-        p.error(f"--batch_size {args.batch_size} does not split into packs of --pack {args.pack}; "
+    if args.pacgan >= 1 and args.batch_size % args.pacgan:
+        p.error(f"--batch_size {args.batch_size} does not split into groups of --pacgan {args.pacgan}; "
                 "use a multiple of it")
-    per_d = args.batch_size // max(1, args.pack)
+    per_d = args.batch_size // max(1, args.pacgan)
     if args.mbstd_group > 0 and per_d > args.mbstd_group and per_d % args.mbstd_group:
         p.error(f"--batch_size {args.batch_size} gives D {per_d} inputs a step, which do not split into groups of "
-                f"--mbstd_group {args.mbstd_group}; use a batch (over --pack) that is a multiple of it")
+                f"--mbstd_group {args.mbstd_group}; use a batch (over --pacgan) that is a multiple of it")
     if args.ema_rampup is not None and args.ema_rampup <= 0:
         p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
     try:

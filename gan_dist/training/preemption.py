@@ -22,6 +22,10 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: "stopped on request", what schedulers exp
 REPEAT_S = 2.0  # a SIGTERM this long after the first means "now"
 
 
+class Preempted(Exception):
+    """A stop signal ended training at a checkpointed step; the process should exit with EXIT_PREEMPTED."""
+
+
 class StopSignal:
     """Catches SIGTERM and SIGINT in this process and turns them into a stop at a common step."""
 

@@ -4,16 +4,8 @@ import time
 
 import torch
 
-from gan_dist.training.data import DataError
-
-TRAIN_KEYS = ("loss_D", "loss_G", "D_real", "D_fake")
-
-
-def grad_norm(module, scaler=None):
-    """L2 norm of all gradients of `module` (unscaled when an fp16 GradScaler is in use)."""
-    grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
-    return norm / scaler.get_scale() if scaler is not None else norm
+from gan_dist.training.manifest import DataError
+from gan_dist.training.runlog import TRAIN_KEYS
 
 
 class IntervalStats:
@@ -26,32 +18,31 @@ class IntervalStats:
 
     def reset(self):
         self.sums.zero_()
-        self.steps, self.data_wait, self.skipped, self.start = 0, 0.0, 0, time.perf_counter()
-        self.skipped_updates = 0  # optimizer steps the fp16 GradScaler skipped (same on every rank)
+        self.steps, self.data_wait, self.start = 0, 0.0, time.perf_counter()
+        self.skipped_updates = torch.zeros((), device=self.device)  # the fp16 scaler's skips (same on every rank)
         self.latest = {}
 
-    def add(self, loss_D, loss_G, real_logits, fake_logits):
-        """One step's losses and D's logits; D(x) and D(G(z)) are kept as mean probabilities."""
-        values = (loss_D, loss_G, torch.sigmoid(real_logits).mean(), torch.sigmoid(fake_logits).mean())
+    def add(self, d, g, lr_D=None, lr_G=None):
+        """One step's records (training.step's DRecord, GRecord); D(x) and D(G(z)) are kept as mean
+        probabilities. Gradient norms, penalties and rates are kept from the last step that measured them."""
+        values = (d.loss, g.loss, torch.sigmoid(d.real_logits).mean(), torch.sigmoid(d.fake_logits).mean())
         self.sums += torch.stack([v.detach().float() for v in values])
+        self.skipped_updates += d.skipped + g.skipped
         self.steps += 1
-
-    def note(self, **values):
-        """Values measured on the last step of the interval only (gradient norms, learning rates)."""
-        self.latest.update(values)
+        if d.grad_norm is not None:
+            self.latest.update(grad_norm_D=d.grad_norm, lr_D=lr_D, **d.penalties)
+        if g.grad_norm is not None:
+            self.latest.update(grad_norm_G=g.grad_norm, lr_G=lr_G)
 
     def collect(self, accelerator, global_batch):
-        """Means over the interval and over ranks, throughput, timing, skipped samples (all ranks) and notes;
-        then reset."""
-        # one all-reduce for everything: the sums and this rank's skipped samples
-        totals = accelerator.reduce(torch.cat([self.sums, self.sums.new_tensor([float(self.skipped)])]), "sum")
-        means = (totals[:-1] / accelerator.num_processes / self.steps).tolist()
-        skipped = int(totals[-1].item())
+        """Means over the interval and over ranks, throughput, timing and the last measured values; then reset.
+        A collective (one all-reduce): call it on every rank."""
+        means = (accelerator.reduce(self.sums, "sum") / accelerator.num_processes / self.steps).tolist()
         seconds = time.perf_counter() - self.start
         row = dict(zip(TRAIN_KEYS, means), img_per_s=self.steps * global_batch / seconds,
-                   sec_per_step=seconds / self.steps, data_wait=self.data_wait / seconds, skipped_samples=skipped)
+                   sec_per_step=seconds / self.steps, data_wait=self.data_wait / seconds)
         row.update({k: float(v) for k, v in self.latest.items()})
-        row["step_skipped"] = self.skipped_updates
+        row["step_skipped"] = int(self.skipped_updates.item())
         if self.device.type == "cuda":
             row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.reset()

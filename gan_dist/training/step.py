@@ -1,86 +1,125 @@
-"""One GAN training step (a D update then a G update) and the pieces it needs."""
+"""One optimizer step of each network as phases, after StyleGAN2-ADA's accumulate_gradients(phase).
+
+    step = GANStep(accelerator, G, D, opt_G, opt_D, loss="rpgan", augment=None)
+    d, g = step(real_img, gen_z, r1_gamma, r2_gamma, with_norms=log_now)
+
+The D phase scores reals and fakes, the regularisation phase adds R1/R2 on the steps that
+regularise, and the G phase updates G through the updated D. Each phase returns a record of
+its diagnostics as device tensors (no host sync); the loop hands them to the stats.
+`augment` is applied to every image D sees.
+"""
 import math
 import sys
+from typing import NamedTuple, Optional
 
 import torch
 
 from gan_dist.networks.losses import d_loss, g_loss, gradient_penalty
-from gan_dist.training.stats import grad_norm
 
 
-@torch.no_grad()
-def generate(G, z):
-    """Images from G in eval mode (BatchNorm running statistics), leaving G in the mode it was in."""
-    was_training = G.training
-    G.eval()
-    images = G(z)
-    G.train(was_training)
-    return images
+class DRecord(NamedTuple):
+    """What the D phase measured: its loss (penalties excluded), logits, penalties, gradient norm, skip."""
+    loss: torch.Tensor
+    real_logits: torch.Tensor
+    fake_logits: torch.Tensor
+    penalties: dict  # "r1"/"r2" -> the unweighted penalty, on steps that regularise
+    grad_norm: Optional[torch.Tensor]  # with_norms only
+    skipped: torch.Tensor  # 1.0 when the fp16 GradScaler skipped the update, else 0.0
 
 
-def gan_step(accelerator, G, D, opt_G, opt_D, real_img, gen_z, stats, log_now=False, augment=None,
-             loss="bce", r1_gamma=0.0, r2_gamma=0.0):
-    """One D update then one G update; returns (loss_D, loss_G, real_logits, fake_logits).
+class GRecord(NamedTuple):
+    """What the G phase measured: its loss, gradient norm and skip."""
+    loss: torch.Tensor
+    grad_norm: Optional[torch.Tensor]
+    skipped: torch.Tensor
 
-    `stats` counts updates the fp16 GradScaler skipped and, when `log_now`, gets gradient
-    norms, learning rates and penalties. `augment` (DiffAugment) is applied to everything D sees.
-    `loss` is bce, hinge or rpgan; D's loss adds (r1_gamma / 2) R1 + (r2_gamma / 2) R2 (0 = off;
-    lazy regularisation passes gamma x N every N steps and 0 between).
+
+def grad_norm(module, scaler=None):
+    """L2 norm of all gradients of `module` (unscaled when an fp16 GradScaler is in use)."""
+    grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(())
+    return norm / scaler.get_scale() if scaler is not None else norm
+
+
+class GANStep:
+    """The D, regularisation and G phases of one training step on one batch.
+
+    `loss` is bce, hinge or rpgan. D's loss adds (r1_gamma / 2) R1 + (r2_gamma / 2) R2
+    (0 = off; lazy regularisation passes gamma x N every N steps and 0 between).
     """
-    aug = augment or (lambda x: x)
-    scaler = accelerator.scaler  # fp16 only: one scaler shared by both optimizers
 
-    def update(opt):
-        scale = scaler.get_scale() if scaler is not None else None
+    def __init__(self, accelerator, G, D, opt_G, opt_D, loss="bce", augment=None):
+        self.accelerator, self.G, self.D, self.opt_G, self.opt_D = accelerator, G, D, opt_G, opt_D
+        self.loss, self.augment = loss, augment or (lambda x: x)
+        self.scaler = accelerator.scaler  # fp16 only: one scaler shared by both optimizers
+
+    def __call__(self, real_img, gen_z, r1_gamma=0.0, r2_gamma=0.0, with_norms=False):
+        """One D update then one G update; returns (DRecord, GRecord)."""
+        with self.accelerator.autocast():
+            gen_img = self.G(gen_z)  # one G forward: D's phase sees it detached, G's phase reuses it
+        d = self.discriminator_phase(real_img, gen_img, r1_gamma, r2_gamma, with_norms)
+        g = self.generator_phase(real_img, gen_img, with_norms)
+        return d, g
+
+    def discriminator_phase(self, real_img, gen_img, r1_gamma, r2_gamma, with_norms):
+        """(1) Update D: maximize log D(x) + log(1 - D(G(z))) (or the hinge / relativistic objective)."""
+        aug = self.augment
+        with self.accelerator.autocast():
+            real_in, fake_in = aug(real_img), aug(gen_img.detach())
+            # the penalties differentiate D's output with respect to exactly what D saw
+            if r1_gamma:
+                real_in = real_in.detach().requires_grad_(True)
+            if r2_gamma:
+                fake_in = fake_in.detach().requires_grad_(True)
+            real_logits, fake_logits = self.D(real_in), self.D(fake_in)
+            loss_D = d_loss(real_logits, fake_logits, self.loss)
+        penalties, total_D = self.regularisation_phase(loss_D, real_logits, real_in, fake_logits, fake_in,
+                                                       r1_gamma, r2_gamma)
+        self.opt_D.zero_grad(set_to_none=True)
+        self.accelerator.backward(total_D)  # one backward for both D forwards and the penalties: one all-reduce
+        norm = grad_norm(self.D, self.scaler) if with_norms else None
+        return DRecord(loss_D, real_logits, fake_logits, penalties, norm, self._update(self.opt_D))
+
+    def regularisation_phase(self, loss_D, real_logits, real_in, fake_logits, fake_in, r1_gamma, r2_gamma):
+        """R1 on what D saw of the reals, R2 on the fakes: ({name: penalty}, loss_D plus the weighted penalties).
+
+        Input gradients only (no parameter .grad, no DDP hook): their graph joins D's one backward.
+        """
+        penalties, total = {}, loss_D
+        for name, gamma, logits, inputs in (("r1", r1_gamma, real_logits, real_in),
+                                            ("r2", r2_gamma, fake_logits, fake_in)):
+            if gamma:
+                penalties[name] = gradient_penalty(logits, inputs, self.scaler)
+                total = total + (gamma / 2) * penalties[name]
+        return {k: v.detach() for k, v in penalties.items()}, total
+
+    def generator_phase(self, real_img, gen_img, with_norms):
+        """(2) Update G: maximize log D(G(z)); D frozen so its DDP reducer stays idle."""
+        aug = self.augment
+        self.D.requires_grad_(False)
+        with self.accelerator.autocast():
+            paired_real = None
+            if self.loss == "rpgan":  # the reals paired with this batch's fakes, scored by the updated D
+                with torch.no_grad():
+                    paired_real = self.D(aug(real_img))
+            loss_G = g_loss(self.D(aug(gen_img)), paired_real, self.loss)
+        self.opt_G.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss_G)
+        norm = grad_norm(self.G, self.scaler) if with_norms else None
+        skipped = self._update(self.opt_G)
+        self.D.requires_grad_(True)
+        return GRecord(loss_G, norm, skipped)
+
+    def _update(self, opt):
+        """opt.step(); 1.0 on the device when the fp16 scaler skipped it (an overflow lowers the scale).
+        Judged by the scale, as step_was_skipped misses the skips fused optimizers make inside their kernel;
+        the scale is read as a tensor, since get_scale() waits for the device."""
+        if self.scaler is None:
+            opt.step()
+            return torch.zeros((), device=self.accelerator.device)
+        before = self.scaler._get_scale_async().clone()
         opt.step()
-        # An overflow skips the update and lowers the scale. Judged by the scale, as
-        # step_was_skipped misses the skips fused optimizers make inside their kernel.
-        if scaler is not None and scaler.get_scale() < scale:
-            stats.skipped_updates += 1
-
-    # ---- (1) D step: maximize log D(x) + log(1 - D(G(z))) (or the hinge / relativistic objective)
-    with accelerator.autocast():
-        gen_img = G(gen_z)
-        real_in, fake_in = aug(real_img), aug(gen_img.detach())
-        # the penalties differentiate D's output with respect to exactly what D saw
-        if r1_gamma:
-            real_in = real_in.detach().requires_grad_(True)
-        if r2_gamma:
-            fake_in = fake_in.detach().requires_grad_(True)
-        real_logits, fake_logits = D(real_in), D(fake_in)
-        loss_D = d_loss(real_logits, fake_logits, loss)
-    # input gradients only (no parameter .grad, no DDP hook); their graph joins the one backward below
-    penalties = {}
-    if r1_gamma:
-        penalties["r1"] = gradient_penalty(real_logits, real_in, scaler)
-    if r2_gamma:
-        penalties["r2"] = gradient_penalty(fake_logits, fake_in, scaler)
-    total_D = loss_D
-    for name, gamma in (("r1", r1_gamma), ("r2", r2_gamma)):
-        if name in penalties:
-            total_D = total_D + (gamma / 2) * penalties[name]
-    opt_D.zero_grad(set_to_none=True)
-    accelerator.backward(total_D)  # one backward for both D forwards and the penalties: one all-reduce
-    if log_now:
-        stats.note(grad_norm_D=grad_norm(D, scaler), lr_D=opt_D.param_groups[0]["lr"],
-                   **{k: v.detach() for k, v in penalties.items()})
-    update(opt_D)
-
-    # ---- (2) G step: maximize log D(G(z)); D frozen so its DDP reducer stays idle
-    D.requires_grad_(False)
-    with accelerator.autocast():
-        paired_real = None
-        if loss == "rpgan":  # the reals paired with this batch's fakes, scored by the updated D
-            with torch.no_grad():
-                paired_real = D(aug(real_img))
-        loss_G = g_loss(D(aug(gen_img)), paired_real, loss)
-    opt_G.zero_grad(set_to_none=True)
-    accelerator.backward(loss_G)
-    if log_now:
-        stats.note(grad_norm_G=grad_norm(G, scaler), lr_G=opt_G.param_groups[0]["lr"])
-    update(opt_G)
-    D.requires_grad_(True)
-    return loss_D, loss_G, real_logits, fake_logits
+        return (self.scaler._get_scale_async() < before).float()
 
 
 def cosine(start, end, progress):

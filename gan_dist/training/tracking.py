@@ -4,7 +4,6 @@ Everything here acts on the main process only; other ranks return at once. W&B r
 offline into OUTPUT_DIR/wandb when no credentials are found (sync later with
 `wandb sync`), and a tracker that fails to start never stops training.
 """
-import json
 import netrc
 import os
 from pathlib import Path
@@ -13,9 +12,9 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
+from gan_dist.training.runlog import append_row, log_path
+
 TRACKERS = ("wandb", "tensorboard")
-TRAIN_LOG = "metrics.jsonl"
-LOGS = {"train": TRAIN_LOG, "samples": "samples.jsonl", "eval": "eval.jsonl"}
 WANDB_RUN_ID_FILE = "wandb_run_id.txt"
 
 
@@ -110,7 +109,7 @@ class MetricsLog:
 
     def __init__(self, accelerator, output_dir, kind="train"):
         self.accelerator = accelerator
-        self.path = Path(output_dir) / LOGS[kind]
+        self.path = log_path(output_dir, kind)
 
     def log(self, row, step):
         """Numbers go to the trackers; the whole row (tool names of metrics too) to the file."""
@@ -119,20 +118,7 @@ class MetricsLog:
         except Exception as e:
             self.accelerator.print(f"warning: trackers could not log step {step}: {e!r}")
         if self.accelerator.is_main_process:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": step, **row}) + "\n")
-
-
-def read_log(run_dir, kind="train"):
-    """One of a run's logs as rows in step order; a step logged twice (a resume repeating steps) keeps its last row."""
-    by_step = {}
-    path = Path(run_dir) / LOGS[kind]
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                by_step[row["step"]] = row
-    return [by_step[s] for s in sorted(by_step)]
+            append_row(self.path, step, row)
 
 
 def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5):

@@ -1,7 +1,7 @@
 """Every recipe at every precision, end to end through the public CLI: train, checkpoint, resume, sample.
 
-    python -m gan_dist.bench smoke --out $OUT/smoke.json              # one CUDA GPU (launch/gpu_bench.sh)
-    python -m gan_dist.bench smoke --cpu --img_size 32 --steps 4      # the same checks on the CPU
+    python -m gan_dist.smoke --out $OUT/smoke.json              # one CUDA GPU (launch/gpu_bench.sh)
+    python -m gan_dist.smoke --cpu --img_size 32 --steps 4      # the same checks on the CPU
 
 Each case trains half its steps, resumes from the checkpoint for the rest, then draws images
 with `gan_dist.sample`. It passes when every process exits 0, the resume happened, every loss
@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gan_dist.bench import data as bench_data
-from gan_dist.bench.suite import machine_info, markdown_table
+from gan_dist.benchkit import machine_info, make_source_images, markdown_table, pack_sizes
 from gan_dist.names import cores
-from gan_dist.training.tracking import read_log
+from gan_dist.training.runlog import read_log
 
 RECIPES = {  # name: (flags, largest image size it runs at here)
     "vanilla": (("--preset", "vanilla"), 128),
@@ -142,7 +141,7 @@ def ddp_case(work, shards, size, flags, steps, cpu, timeout):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gan_dist.bench smoke", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gan_dist.smoke", description=__doc__.split("\n")[0])
     p.add_argument("--cpu", action="store_true", help="run on the CPU (default: the GPU, which must be there)")
     p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
@@ -171,8 +170,8 @@ def main(argv=None):
     # cases share the cores: one torch thread pool per core each, not all of them in every process
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores() // args.jobs)))
     sizes = sorted({min(args.img_size, RECIPES[r][1]) for r in args.recipes} | {min(args.img_size, 64)})
-    src = bench_data.make_source_images(work / "source", args.n_images)
-    shards = {s: d["png"] for s, d in bench_data.pack_sizes(src, work, sizes, cores(), ("png",)).items()}
+    src = make_source_images(work / "source", args.n_images)
+    shards = {s: d["png"] for s, d in pack_sizes(src, work, sizes, cores(), ("png",)).items()}
     jobs = {}
     for recipe in args.recipes:
         flags, largest = RECIPES[recipe]

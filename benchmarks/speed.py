@@ -1,12 +1,10 @@
 """Speed of our input path and trainer against the vanilla loop, measured side by side on this machine.
 
-    python -m gan_dist.bench all --out runs/bench.json        # what `make bench` runs (CPU, 5-10 min on 2 cores)
-    python -m gan_dist.bench data --sizes 64 128              # loader images/s only
-    python -m gan_dist.bench step --img_size 128              # trainer vs the vanilla loop vs a bare loop
-    python -m gan_dist.bench step --data shards/lfw           # on shards of your own
-    python -m gan_dist.bench gpu --out $OUT/bench_gpu.json    # one CUDA GPU (launch/gpu_bench.sh)
-    python -m gan_dist.bench quality --kimg 480               # mode coverage of the recipes (bench/quality.py)
-    python -m gan_dist.bench smoke --work DIR                 # every recipe and precision end to end (bench/smoke.py)
+    python -m benchmarks all --out runs/bench.json        # what `make bench` runs (CPU, 5-10 min on 2 cores)
+    python -m benchmarks data --sizes 64 128              # loader images/s only
+    python -m benchmarks step --img_size 128              # trainer vs the vanilla loop vs a bare loop
+    python -m benchmarks step --data shards/lfw           # on shards of your own
+    python -m benchmarks gpu --out $OUT/bench_gpu.json    # one CUDA GPU (launch/gpu_bench.sh)
 
 Every figure is a ratio of two cases measured in the same run on the same machine. Without
 --data or --src the bench writes its own source images (random 250x250 crops of
@@ -17,7 +15,6 @@ images_per_s, the ratios with the cases they divide, and the machine they ran on
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,11 +24,13 @@ from pathlib import Path
 
 import torch
 
-from gan_dist.bench import data as bench_data
-from gan_dist.bench import step as bench_step
+from benchmarks import data as bench_data
+from benchmarks import step as bench_step
+from gan_dist.benchkit import machine_info, make_source_images, markdown_table, pack_sizes
 from gan_dist.names import FORMATS, cores
-from gan_dist.training.data import load_manifest
+from gan_dist.training.manifest import load_manifest
 
+COMMANDS = ("data", "step", "all", "gpu")
 TARGETS = {  # printed beside the ratios, never asserted
     "data/memory_vs_vanilla_128/per_core": 10.0,
     **{f"data/stream_{fmt}_vs_vanilla_128/per_core": 10.0 for fmt in FORMATS},
@@ -40,24 +39,6 @@ TARGETS = {  # printed beside the ratios, never asserted
 }
 GPU_IMAGES_PER_S_TARGET = 30_000  # the vanilla MLP at 128x128, bf16, batch 64, one H100-class GPU
 PRECISIONS = ("no", "bf16", "fp16")
-
-
-def machine_info():
-    """CPU model, cores, torch version and device of this machine."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cuda = torch.cuda.is_available()
-    return {"cpu": model, "cores": cores(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "device": torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA device)",
-            "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 class Results:
@@ -98,13 +79,6 @@ class Results:
         print(format_tables(self.doc))
 
 
-def markdown_table(columns, rows):
-    """Markdown lines of a table; columns are header names, those starting with '>' right-aligned."""
-    header = [c.lstrip(">") for c in columns]
-    rule = ["---:" if c.startswith(">") else "---" for c in columns]
-    return [f"| {' | '.join(map(str, cells))} |" for cells in (header, rule, *rows)]
-
-
 def format_tables(doc):
     """The run as Markdown: the machine, a table of cases and a table of ratios with their targets."""
     m = doc["machine"]
@@ -138,10 +112,10 @@ def prepare(args, work, data_sizes, step_sizes):
     src = Path(args.src) if args.src else None
     if src is None:
         print(f"writing {args.n_images} source images ({args.src_size}x{args.src_size} JPEG) ...", file=sys.stderr)
-        src = bench_data.make_source_images(work / "source", args.n_images, args.src_size)
+        src = make_source_images(work / "source", args.n_images, args.src_size)
     print(f"packing {src} at {sorted(data_sizes | step_sizes)} px ...", file=sys.stderr, flush=True)
-    shards = bench_data.pack_sizes(src, work, sorted(data_sizes), cores(), args.formats)
-    shards.update(bench_data.pack_sizes(src, work, sorted(step_sizes - data_sizes), cores(), ("png",)))
+    shards = pack_sizes(src, work, sorted(data_sizes), cores(), args.formats)
+    shards.update(pack_sizes(src, work, sorted(step_sizes - data_sizes), cores(), ("png",)))
     return shards, {size: src for size in shards}, 3
 
 
@@ -183,7 +157,7 @@ def run_step(res, work, shard_dir, folder, img_size, channels, steps, warmup, va
                                       "what": "python -m gan_dist.train --cpu --cache_gb 0 (2 workers)"})
     res.add("step/vanilla", {**bench_step.vanilla_case(folder, img_size, channels, vanilla_steps, warmup,
                                                      work / "vanilla_out"),
-                            "what": "the vanilla loop (gan_dist.bench.vanilla_loop), ImageFolder, 2 workers"})
+                            "what": "the vanilla loop (benchmarks/vanilla_loop.py), ImageFolder, 2 workers"})
     res.ratio("step/trainer_vs_vanilla", "step/trainer", "step/vanilla")
     res.ratio("step/trainer_vs_bare", "step/trainer", "step/bare")
     res.ratio("step/trainer_streamed_vs_bare", "step/trainer_streamed", "step/bare")
@@ -257,11 +231,9 @@ def run_gpu(res, work, shard_dir, folder, img_size, channels, steps, warmup, van
 # ---- command line
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gan_dist.bench", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("data", "step", "all", "gpu", "quality", "smoke"),
-                   help="data: loaders; step: training steps on the CPU; all: both; gpu: step cases on one CUDA GPU; "
-                        "quality: mode coverage of the recipes on stacked digits (`quality --help`); "
-                        "smoke: every recipe and precision trained, resumed and sampled (`smoke --help`)")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=COMMANDS,
+                   help="data: loaders; step: training steps on the CPU; all: both; gpu: step cases on one CUDA GPU")
     p.add_argument("--data", default=None, help="run on these shards (their size) instead of the bench's own images")
     p.add_argument("--src", default=None,
                    help="source images to pack at --sizes: a folder with one or more subfolders of images "
@@ -300,17 +272,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["quality"]:  # mode coverage of the recipes, with its own options
-        from gan_dist.bench.quality import main as quality_main
-        return quality_main(argv[1:])
-    if argv[:1] == ["smoke"]:  # every recipe and precision end to end, with its own options
-        from gan_dist.bench.smoke import main as smoke_main
-        return smoke_main(argv[1:])
     args = parse_args(argv)
     if args.what == "gpu" and not torch.cuda.is_available():
-        sys.exit("error: `gan_dist.bench gpu` needs a CUDA device and torch.cuda.is_available() is False here; "
-                 "run `python -m gan_dist.bench all` for the CPU figures")
+        sys.exit("error: `benchmarks gpu` needs a CUDA device and torch.cuda.is_available() is False here; "
+                 "run `python -m benchmarks all` for the CPU figures")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gan-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -1,8 +1,8 @@
 """Mode coverage on stacked digits: the vanilla MLP, DCGAN and the modern recipe, trained for the same images
 (`--recipes modern-dcgan` adds the modern preset on the DCGAN nets).
 
-    python -m gan_dist.bench quality --out bench_results/quality.json --kimg 480 --digits_kimg 500  # make bench-quality
-    python -m gan_dist.bench quality --recipes modern --kimg 50 --work runs/q         # one recipe, runs kept
+    python -m benchmarks quality --out bench_results/quality.json --kimg 480 --digits_kimg 500  # make bench-quality
+    python -m benchmarks quality --recipes modern --kimg 50 --work runs/q         # one recipe, runs kept
 
 Stacked digits (`gan_dist.shard stacked-digits`) put three of scikit-learn's digits into the
 R, G and B channels at 32x32: 1,000 modes. Each recipe is trained through the public CLI
@@ -34,13 +34,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gan_dist.bench.suite import machine_info
+from benchmarks import ROOT
+from gan_dist.benchkit import machine_info
 from gan_dist.evaluation.digits import CONFIDENT, confident_share, copy_report, fit_judge, mode_report
-from gan_dist.evaluation.sample import generate, latents, load_generator, resolve_checkpoint
+from gan_dist.evaluation.sample import latents, load_generator, resolve_checkpoint
+from gan_dist.networks.models import generate
 from gan_dist.training.checkpoint import read_meta
-from gan_dist.training.data import load_into_memory, load_manifest
+from gan_dist.training.data import load_into_memory
+from gan_dist.training.manifest import load_manifest
 
-ROOT = Path(__file__).resolve().parents[2]
 # CPU-sized modern networks, and the R1/R2 weight their first tuning runs chose (docs/performance.md)
 CPU_SIZED = ["--preset", "modern", "--widths", "256,128,32,16", "--expansion", "1", "--group_size", "16"]
 GAMMA = ["--r1_gamma", "0.5", "--r2_gamma", "0.5"]
@@ -169,7 +171,7 @@ def markdown(doc):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gan_dist.bench quality", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks quality", description=__doc__.split("\n")[0])
     p.add_argument("--recipes", nargs="+", choices=[*RECIPES, "digits"], default=DEFAULT_RECIPES,
                    help="digits: the modern recipe with --mapping_layers 4 on the ten plain digits "
                         "(confidently classified share)")

@@ -1,4 +1,4 @@
-"""The bench's images and its `data` case: our loader versus the vanilla ImageFolder pipeline.
+"""The `data` case: our loader versus the vanilla ImageFolder pipeline.
 
 Both read the same source images on the same cores: the vanilla pipeline decodes each
 source JPEG and resizes it per sample (ImageFolder + Resize + ToTensor + Normalize, 2
@@ -9,62 +9,22 @@ On a GPU, JPEG shards are also streamed undecoded and decoded batch by batch on 
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
 
-from gan_dist.bench.step import BATCH
-from gan_dist.names import FORMATS
-from gan_dist.packing.shard import pack
+from benchmarks.step import BATCH
 from gan_dist.training.data import (
     device_decoded,
     epoch_batches,
     load_into_memory,
-    load_manifest,
     memory_epoch_batches,
-    shard_counts,
     to_device_float,
 )
+from gan_dist.training.manifest import load_manifest, shard_counts
 from gan_dist.training.tarstream import tar_samples
 
-# scikit-image's bundled colour photos: no download
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 VANILLA_WORKERS = 2  # the vanilla recipe's --n_cpu 2
-
-
-def make_source_images(folder, n, size=250, seed=0, quality=90):
-    """Write n RGB JPEGs of size x size (LFW's shape) under folder/all/: random crops of scikit-image photos.
-
-    Returns the folder, which torchvision's ImageFolder reads as one class.
-    """
-    import skimage.data
-
-    out = Path(folder) / "all"
-    out.mkdir(parents=True, exist_ok=True)
-    photos = [Image.fromarray(getattr(skimage.data, name)()) for name in PHOTOS]
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        side = int(rng.uniform(0.3, 1.0) * min(w, h))
-        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        img = photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BILINEAR)
-        if rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        img.save(out / f"{i:06d}.jpg", quality=quality)
-    return Path(folder)
-
-
-def pack_sizes(src_folder, out_root, sizes, workers, formats=FORMATS):
-    """Pack the source folder into RGB shards at each size and format; returns {size: {format: shard dir}}."""
-    dirs = {}
-    for size in sizes:
-        for fmt in formats:
-            out = Path(out_root) / f"shards{size}_{fmt}"
-            pack("folder", out, src=src_folder, size=size, channels=3, shard_size=500, workers=workers, fmt=fmt)
-            dirs.setdefault(size, {})[fmt] = out
-    return dirs
 
 
 def unpack_to_folder(shard_dir, folder):

@@ -5,7 +5,7 @@ our models and losses with the trainer's Adam, batches indexed from a tensor in 
 no Accelerate and no WebDataset: the trainer's images/s over the bare loop's is what our
 machinery costs. This module's own entry point runs the bare loop:
 
-    python -m gan_dist.bench.step --data shards/bench64 --steps 100 --warmup 20 [--cpu] [--mixed_precision bf16]
+    python -m benchmarks.step --data shards/bench64 --steps 100 --warmup 20 [--cpu] [--mixed_precision bf16]
 """
 import argparse
 import contextlib
@@ -18,14 +18,15 @@ import time
 
 import torch
 
-from gan_dist.training.tracking import read_log
+from benchmarks import ROOT
+from gan_dist.training.runlog import read_log
 
 BATCH = 64  # the vanilla recipe's --batch_size
 
 
 def _run(cmd, timeout, env=None):
     res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, "WANDB_MODE": "disabled", **(env or {})})
+                         env={**os.environ, "WANDB_MODE": "disabled", **(env or {})}, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, cmd[1:4]))} ... failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
     return res
@@ -83,8 +84,8 @@ def trainer_case(shard_dir, img_size, channels, steps, warmup, out_dir, cpu=True
 
 
 def vanilla_case(image_folder, img_size, channels, steps, warmup, out_dir, timeout=1800):
-    """Run the vanilla loop (gan_dist.bench.vanilla_loop) on the image folder for warmup + steps batches."""
-    res = _run([sys.executable, "-m", "gan_dist.bench.vanilla_loop", "--data", image_folder, "--img_size", img_size,
+    """Run the vanilla loop (benchmarks/vanilla_loop.py) on the image folder for warmup + steps batches."""
+    res = _run([sys.executable, "-m", "benchmarks.vanilla_loop", "--data", image_folder, "--img_size", img_size,
                 "--channels", channels, "--max-batches", warmup + steps, "--warmup-batches", warmup,
                 "--out", out_dir], timeout)
     result = _last_json(res.stdout)
@@ -93,7 +94,7 @@ def vanilla_case(image_folder, img_size, channels, steps, warmup, out_dir, timeo
 
 def bare_case(shard_dir, steps, warmup, cpu=True, mixed_precision="no", compile_mode=None, timeout=1800):
     """Run the bare PyTorch loop (this module's main) in a fresh process."""
-    res = _run([sys.executable, "-m", "gan_dist.bench.step", "--data", shard_dir, "--steps", steps,
+    res = _run([sys.executable, "-m", "benchmarks.step", "--data", shard_dir, "--steps", steps,
                 "--warmup", warmup, "--mixed_precision", mixed_precision, *(["--cpu"] if cpu else []),
                 *(["--compile_mode", compile_mode] if compile_mode else [])], timeout)
     return _last_json(res.stdout)
@@ -105,12 +106,8 @@ def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0, co
     compile_mode: torch.compile G and D with this mode ("reduce-overhead" replays CUDA graphs)."""
     from gan_dist.networks.losses import d_loss, g_loss
     from gan_dist.networks.models import GANConfig, build_models
-    from gan_dist.training.data import (
-        load_into_memory,
-        load_manifest,
-        shard_counts,
-        to_device_float,
-    )
+    from gan_dist.training.data import load_into_memory, to_device_float
+    from gan_dist.training.manifest import load_manifest, shard_counts
     from gan_dist.training.step import adam
 
     manifest, urls = load_manifest(shard_dir)
@@ -163,7 +160,7 @@ def _sync(device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gan_dist.bench.step", description="the bench's bare PyTorch loop")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step", description="the bench's bare PyTorch loop")
     p.add_argument("--data", required=True, help="shard directory")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=20)

@@ -11,7 +11,7 @@ Extra flags, for measuring only: --data (the image folder), --max-batches stops 
 --warmup-batches are left out of the timing, and one JSON line with images/s is printed
 at the end.
 
-    python -m gan_dist.bench.vanilla_loop --data DIR_WITH_ONE_SUBFOLDER_OF_IMAGES --max-batches 50
+    python -m benchmarks.vanilla_loop --data DIR_WITH_ONE_SUBFOLDER_OF_IMAGES --max-batches 50
 """
 import argparse
 import json

@@ -1,0 +1,33 @@
+"""`python -m benchmarks COMMAND [options]`: speed (all, data, step, gpu) or recipe quality (quality).
+
+    python -m benchmarks all --out runs/bench.json          # make bench
+    python -m benchmarks quality --kimg 480 --out q.json    # make bench-quality
+    python -m benchmarks quality --help                     # each command's own options
+
+The command may stand anywhere among the options (`--out r.json quality` runs the quality bench).
+"""
+import sys
+
+from benchmarks.speed import COMMANDS as SPEED_COMMANDS
+
+
+def split_command(argv):
+    """(command, the other arguments): the first argument that names a command, wherever it stands."""
+    for i, arg in enumerate(argv):
+        if arg == "quality" or arg in SPEED_COMMANDS:
+            return arg, argv[:i] + argv[i + 1:]
+    return None, argv
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command, rest = split_command(argv)
+    if command == "quality":
+        from benchmarks.quality import main as quality_main
+        return quality_main(rest)
+    from benchmarks.speed import main as speed_main
+    return speed_main(argv if command is None else [command, *rest])
+
+
+if __name__ == "__main__":
+    main()

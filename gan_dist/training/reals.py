@@ -1,0 +1,54 @@
+"""Where a run's real images come from: held in memory when the decoded set fits in --cache_gb, else streamed."""
+from typing import Callable, NamedTuple, Optional
+
+import torch
+
+from gan_dist.training.data import (
+    decoded_gib,
+    device_decoded,
+    epoch_batches,
+    first_batch,
+    load_into_memory,
+    memory_epoch_batches,
+)
+from gan_dist.training.manifest import DataError, shard_counts
+
+
+class RealData(NamedTuple):
+    """Where a run's real images come from."""
+    batches: Callable  # (epoch, skip) -> iterator of (uint8 batch, samples skipped)
+    description: str
+    skipped_at_load: int  # images that could not be decoded when loading into memory
+    in_memory: Optional[torch.Tensor]  # every decoded image, when they are held in memory
+    urls: list
+
+    def for_metrics(self, count, seed):
+        """Real images for FID/KID: those held in memory, else `count` drawn from the stream with `seed`
+        (never the whole streamed set, which was too large for --cache_gb)."""
+        if self.in_memory is not None:
+            return self.in_memory
+        return first_batch(self.urls, count, seed)
+
+
+def real_data(args, manifest, urls, accelerator, steps_per_epoch):
+    """Hold the decoded dataset in memory when it fits in --cache_gb (true epochs), else stream the shards."""
+    if decoded_gib(manifest) <= args.cache_gb and not args.decode_on_device:
+        images, skipped = load_into_memory(urls, args.n_cpu, shard_counts(manifest, urls))
+        if skipped / (skipped + len(images)) > args.max_skip_fraction:
+            raise DataError(f"{skipped} of {skipped + len(images)} images in {args.data} could not be decoded, "
+                            f"above --max_skip_fraction {args.max_skip_fraction}; repack the shards")
+
+        def from_memory(epoch, skip):
+            return memory_epoch_batches(images, args.batch_size, steps_per_epoch, args.seed, epoch,
+                                        accelerator.process_index, accelerator.num_processes, skip)
+        return RealData(from_memory, f"in memory ({decoded_gib(manifest):.2f} GiB decoded)", skipped, images, urls)
+
+    def streamed(epoch, skip):
+        batches = epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu, skip=skip,
+                                pin_memory=accelerator.device.type == "cuda", expected=shard_counts(manifest, urls),
+                                encoded=args.decode_on_device)
+        if args.decode_on_device:
+            return device_decoded(batches, accelerator.device, args.channels)
+        return batches
+    where = f", JPEG decoded on {accelerator.device}" if args.decode_on_device else ""
+    return RealData(streamed, f"streamed from {len(urls)} shards by {args.n_cpu} workers{where}", 0, None, urls)

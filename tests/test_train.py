@@ -140,19 +140,30 @@ def test_shards_from_a_url_template_decoded_on_the_device(tmp_path):
 
 def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):
     """G_ema is kept and saved, DiffAugment runs, colour drift is logged, FID/KID without weights is skipped."""
+    def run(out, *extra, **kwargs):
+        return run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                          "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
+                          "--log_steps", 1, *extra, **kwargs)
     out = tmp_path / "run"
-    r = run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
-                   "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
-                   "--max_train_steps", 4, "--log_steps", 2, "--sample_interval", 2, "--eval_steps", 2,
-                   "--diffaug", "color,translation,cutout", "--colour_samples", 64,
-                   env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
+    r = run(out, "--max_train_steps", 4, "--sample_interval", 2, "--eval_steps", 2,
+            "--diffaug", "color,translation,cutout", "--colour_samples", 64,
+            env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "training goes on without FID/KID" in r.stdout
     colour = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [row["step"] for row in colour] == [2, 4]
-    assert [row["step"] for row in rows(out)] == [2, 4] and all("loss_D" in row for row in rows(out))
+    assert [row["step"] for row in rows(out)] == [1, 2, 3, 4] and all("loss_D" in row for row in rows(out))
     assert not (out / "eval.jsonl").exists()  # FID/KID skipped: no evaluation rows
     assert all(row["real_contrast"] > 0.2 and row["gen_saturation"] == 0 for row in colour)  # grey digits
+
+    # D saw augmented images: at step 1, D's initial weights and the first real batch are those of a run
+    # without --diffaug, so D's mean verdict on the reals can only differ through what D was shown
+    plain = tmp_path / "plain"
+    assert run(plain, "--max_train_steps", 1).returncode == 0
+    augmented, unaugmented = rows(out)[0], rows(plain)[0]
+    assert abs(augmented["D_real"] - unaugmented["D_real"]) > 1e-4, (augmented, unaugmented)
+    assert augmented["loss_D"] != unaugmented["loss_D"]
+
     ckpt = out / "checkpoints" / "checkpoint-4"
     assert json.loads((ckpt / "gan.json").read_text())["weights"]["G_ema"] == "G_ema.safetensors"
     ema, g = load_file(ckpt / "G_ema.safetensors"), load_file(ckpt / "model.safetensors")
@@ -163,5 +174,10 @@ def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):
 
 
 def test_bad_diffaug_policy_is_refused(tmp_path, digits16):
+    """A usage error: argparse's exit 2 with one error line naming the policy, before the run directory exists."""
     r = train(digits16, tmp_path / "run", "--diffaug", "colour")
-    assert r.returncode != 0 and "colour" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == "", r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert errors == [r.stderr.strip().splitlines()[-1]] == [
+        "gan_dist.train: error: unknown DiffAugment policy colour; choose from color, translation, cutout"]
+    assert not (tmp_path / "run").exists()  # not even args.json

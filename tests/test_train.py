@@ -1,5 +1,6 @@
 import json
 import shutil
+import time
 
 import pytest
 from conftest import run_module
@@ -19,15 +20,21 @@ def train(data, out, *extra):
 
 def test_short_run_writes_metrics_samples_and_checkpoints(tmp_path, digits16):
     out = tmp_path / "run"
+    started = time.monotonic()
     r = train(digits16, out, "--max_train_steps", 6, "--log_steps", 2, "--sample_interval", 3,
               "--checkpointing_steps", 4, "--checkpoints_total_limit", 1)
+    elapsed = time.monotonic() - started
     assert r.returncode == 0, r.stderr
     logged = rows(out)
     assert [row["step"] for row in logged] == [2, 4, 6]
     for row in logged:
         assert {"loss_D", "loss_G", "D_real", "D_fake", "img_per_s", "kimg", "epoch"} <= row.keys()
-        assert 0 < row["D_real"] < 1 and 0 < row["D_fake"] < 1 and row["img_per_s"] > 0
+        assert 0 < row["D_real"] < 1 and 0 < row["D_fake"] < 1
         assert row["global_batch"] == 32
+        # throughput in images of the global batch per second of the interval's wall clock: 2 steps of 32
+        # images took 2 * sec_per_step seconds, part of this run's time, part of it waiting for data
+        assert row["img_per_s"] * row["sec_per_step"] == pytest.approx(32)
+        assert 0 < 2 * row["sec_per_step"] < elapsed and 0 <= row["data_wait"] < 1
     assert logged[-1]["kimg"] == pytest.approx(6 * 32 / 1000)
 
     samples = sorted(p.name for p in (out / "samples").iterdir())

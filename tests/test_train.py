@@ -177,7 +177,7 @@ def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):
     assert ema.keys() == g.keys() and any(not (ema[k] == g[k]).all() for k in g)  # an average, not a copy
     r = run_module("gan_dist.sample", "--checkpoint", ckpt, "--n", 9, "--grid", tmp_path / "grid.png")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert Image.open(tmp_path / "grid.png").size[0] > 3 * 16
+    assert Image.open(tmp_path / "grid.png").size == (3 * 18 + 2, 3 * 18 + 2)  # 3x3 images of 16 px, 2 px apart
 
 
 def test_bad_diffaug_policy_is_refused(tmp_path, digits16):

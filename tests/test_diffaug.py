@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gan_dist.networks.augment import POLICIES, diff_augment, parse_policy
 
@@ -45,16 +46,44 @@ def test_real_and_fake_get_the_same_policy():
     assert torch.equal(out_real[0], out_fake[0]) and not torch.equal(out_real[1], out_fake[1])
 
 
-def test_translation_shifts_content_and_cutout_zeroes_a_square():
-    x = torch.zeros(1, 1, 8, 8)
-    x[0, 0, 4, 4] = 1.0
-    shifted = diff_augment(x, "translation", torch.Generator().manual_seed(0))
-    assert shifted.sum() in (0.0, 1.0) and shifted.abs().max() <= 1.0  # moved by at most 1 px, never duplicated
-    ones = torch.ones(2, 3, 8, 8)
+def shifted(img, dh, dw, pad=2):
+    """img moved so that out[..., h, w] = img[..., h + dh, w + dw], zeros where that falls outside."""
+    H, W = img.shape[-2:]
+    return F.pad(img, [pad] * 4)[..., pad + dh:pad + dh + H, pad + dw:pad + dw + W]
+
+
+def test_translation_shifts_each_image_with_zero_fill():
+    """16 px images move by up to 12.5% = 2 px per axis, each by its own draw; what comes in is zeros."""
+    x = batch(n=64, size=16)  # random values: no two shifts of one image look alike, and none is zero
+    out = diff_augment(x, "translation", torch.Generator().manual_seed(0))
+    moves = []
+    for img, got in zip(x, out):
+        found = [(dh, dw) for dh in range(-2, 3) for dw in range(-2, 3) if torch.equal(got, shifted(img, dh, dw))]
+        assert len(found) == 1, "not a whole-pixel shift of at most 2 px with zero fill"
+        moves.append(found[0])
+    assert moves.count((0, 0)) < len(moves) / 4  # most images moved (1 in 25 draws is no move)
+    assert {dh for dh, _ in moves} == {dw for _, dw in moves} == {-2, -1, 0, 1, 2}  # both axes, both ways
+
+
+def test_cutout_zeroes_one_square_in_every_channel():
+    """8 px images lose a 4x4 square (50% of the side) per image, clipped where it crosses the border."""
+    ones = torch.ones(32, 3, 8, 8)
     cut = diff_augment(ones, "cutout", torch.Generator().manual_seed(0))
-    zeros_per_image = (cut[:, 0] == 0).flatten(1).sum(1)
-    assert ((zeros_per_image > 0) & (zeros_per_image <= 16)).all()  # up to a 4x4 square, clipped at the border
-    assert torch.equal(cut[:, 0], cut[:, 1])  # the same hole in every channel
+    assert torch.equal(cut[:, 0], cut[:, 1]) and torch.equal(cut[:, 0], cut[:, 2])  # the same hole in every channel
+    assert set(cut.unique().tolist()) == {0.0, 1.0}
+    sides = []
+    for img in cut[:, 0]:
+        rows, cols = (img == 0).any(1).nonzero().flatten(), (img == 0).any(0).nonzero().flatten()
+        assert len(rows) and len(cols), "no hole"
+        # one rectangle: every pixel in the rows and columns it spans is zero, and nothing else is
+        assert (img[rows.min():rows.max() + 1, cols.min():cols.max() + 1] == 0).all()
+        assert int((img == 0).sum()) == len(rows) * len(cols)
+        for idx in (rows, cols):
+            assert torch.equal(idx, torch.arange(idx.min(), idx.max() + 1))  # contiguous
+            touches_border = idx.min() == 0 or idx.max() == 7
+            assert len(idx) == 4 or (touches_border and len(idx) < 4)
+        sides.append((len(rows), len(cols)))
+    assert sides.count((4, 4)) >= 8 and len(set(sides)) > 1  # whole squares inside, clipped ones at the border
 
 
 def test_gradients_flow_through_every_policy():

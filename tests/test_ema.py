@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -58,15 +60,29 @@ def test_update_lerps_parameters_and_copies_buffers_exactly():
 
 
 def test_update_is_deterministic_and_rejects_another_network():
+    """Two ranks hold equal copies of G in different objects: their G_ema come out bit for bit equal, and
+    equal to beta * G_ema + (1 - beta) * G computed here (so an update that did nothing would not pass)."""
     torch.manual_seed(0)
     G = build_models(GANConfig("mlp", latent_dim=8, img_size=8, channels=1))[0]
     a, b = make_ema(G), make_ema(G)
+    start = {k: v.clone() for k, v in a.state_dict().items()}
     with torch.no_grad():
         for p in G.parameters():
             p.add_(torch.randn_like(p))
-    update(a, G, 64, ema_kimg=0.1)
-    update(b, G, 64, ema_kimg=0.1)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        for buf in G.buffers():
+            buf.add_(1)
+    other_rank = copy.deepcopy(G)  # the same weights in another object, as on another process
+    beta = update(a, G, 64, ema_kimg=0.1)
+    assert update(b, other_rank, 64, ema_kimg=0.1) == beta == 0.5 ** (64 / 100)
+    params = dict(G.named_parameters())
+    for name, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[name]), name
+        if name in params:  # averaged: moved part of the way, by the half-life's weight
+            expected = beta * start[name] + (1 - beta) * params[name].detach()
+            assert not torch.equal(value, start[name]), name
+            assert torch.allclose(value, expected, rtol=0, atol=1e-6), name
+        else:  # buffers: copied
+            assert torch.equal(value, G.state_dict()[name]), name
     with pytest.raises(ValueError, match="make_ema"):
         update(Tiny(), G, 64)
 

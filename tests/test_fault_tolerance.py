@@ -68,10 +68,11 @@ def test_sigterm_stops_two_ranks_at_the_same_step(tmp_path, digits16):
                                          "--report_to", "none"]), timeout=180)
     wait_for(lambda: (out / "metrics.jsonl").exists(), proc)
     proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
-    finish(proc, timeout)
+    r = finish(proc, timeout)  # torchrun itself exits 1 with its own traceback on a SIGTERM
     [ckpt] = list((out / "checkpoints").glob("checkpoint-*"))
     step = json.loads((ckpt / "gan.json").read_text())["global_step"]
     assert step % 10 == 0  # ranks agree every 10 steps and stop together
+    assert f"stopped by SIGTERM at step {step}; checkpoint saved" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     assert {p.name for p in ckpt.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
 
 

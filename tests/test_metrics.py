@@ -118,9 +118,19 @@ def test_identical_sets_give_zero_and_kid_matches_the_unbiased_mmd():
     assert kid == pytest.approx(expected, rel=1e-9) and kid_std == 0.0 and kid > 0.05
 
 
-def test_kid_is_the_same_on_every_call():
+def test_kid_is_the_same_on_every_call_and_leaves_the_global_rng_alone():
+    """KID's subsets come from `seed` alone: not from the global RNG's state, which they leave untouched
+    (the trainer's noise goes on as if no evaluation had run)."""
     x, y = gaussian(200, np.zeros(2), np.eye(2), 4), gaussian(200, np.ones(2), np.eye(2), 5)
-    assert fid_kid(x, y, 10, 50, seed=0) == fid_kid(x, y, 10, 50, seed=0)
+    torch.manual_seed(1)
+    first = fid_kid(x, y, 10, 50, seed=0)
+    after = torch.get_rng_state()
+    torch.manual_seed(1)
+    assert torch.equal(after, torch.get_rng_state())
+    torch.manual_seed(2)
+    assert fid_kid(x, y, 10, 50, seed=0) == first
+    other = fid_kid(x, y, 10, 50, seed=1)  # other subsets: another mean, the same FID
+    assert other[0] == first[0] and other[1] != first[1] and first[2] > 0
 
 
 def test_to_uint8_rgb_inverts_the_training_scaling():

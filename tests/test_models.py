@@ -26,8 +26,16 @@ def test_shapes_and_logits(arch, size, channels):
     assert img.min() >= -1 and img.max() <= 1
     logits = D(img)
     assert logits.shape == (4, 1)
-    # logits, not probabilities: an untrained D is not confined to (0, 1)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    # logits, not probabilities: nothing squashes the last layer's output. Scaled 1000-fold, that layer gives
+    # 1000 times the logits, far outside (0, 1); a Sigmoid (or any squashing) after it would saturate instead.
+    last = [m for m in D.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+    with torch.no_grad():
+        for p in last.parameters():
+            p.mul_(1000)
+        scaled = D(img)
+    assert torch.allclose(scaled, 1000 * logits, rtol=1e-4, atol=1e-3)
+    assert scaled.abs().max() > 1
 
 
 def test_d_returns_unbounded_logits():

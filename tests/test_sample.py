@@ -125,7 +125,10 @@ def test_gan_json_cannot_point_the_weights_outside_the_checkpoint(checkpoint, tm
     meta["weights"]["G"] = str(outside)  # or "../elsewhere.safetensors"
     (copy / "gan.json").write_text(json.dumps(meta))
     G, _ = load_generator(copy, ema=False)
-    assert any(v.abs().sum() > 0 for v in G.state_dict().values() if v.is_floating_point())
+    inside = load_file(copy / "model.safetensors")  # the checkpoint's own G, not the zeros outside
+    assert G.state_dict().keys() == inside.keys()
+    assert all(torch.equal(v, inside[k]) for k, v in G.state_dict().items())
+    assert any(v.abs().sum() > 0 for v in inside.values() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("damage,message", [

@@ -1,5 +1,6 @@
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -20,15 +21,21 @@ def train(data, out, *extra):
 
 def test_short_run_writes_metrics_samples_and_checkpoints(tmp_path, digits16):
     out = tmp_path / "run"
+    started = time.monotonic()
     r = train(digits16, out, "--max_train_steps", 6, "--log_steps", 2, "--sample_interval", 3,
               "--checkpointing_steps", 4, "--checkpoints_total_limit", 1)
+    elapsed = time.monotonic() - started
     assert r.returncode == 0, r.stderr
     logged = rows(out)
     assert [row["step"] for row in logged] == [2, 4, 6]
     for row in logged:
         assert {"loss_D", "loss_G", "D_real", "D_fake", "img_per_s", "kimg", "epoch"} <= row.keys()
-        assert 0 < row["D_real"] < 1 and 0 < row["D_fake"] < 1 and row["img_per_s"] > 0
+        assert 0 < row["D_real"] < 1 and 0 < row["D_fake"] < 1
         assert row["global_batch"] == 32
+        # throughput in images of the global batch per second of the interval's wall clock: 2 steps of 32
+        # images took 2 * sec_per_step seconds, part of this run's time, part of it waiting for data
+        assert row["img_per_s"] * row["sec_per_step"] == pytest.approx(32)
+        assert 0 < 2 * row["sec_per_step"] < elapsed and 0 <= row["data_wait"] < 1
     assert logged[-1]["kimg"] == pytest.approx(6 * 32 / 1000)
 
     samples = sorted(p.name for p in (out / "samples").iterdir())
@@ -141,31 +148,47 @@ def test_shards_from_a_url_template_decoded_on_the_device(tmp_path):
 
 def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):
     """G_ema is kept and saved, DiffAugment runs, colour drift is logged, FID/KID without weights is skipped."""
+    def run(out, *extra, **kwargs):
+        return run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                          "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
+                          "--log_steps", 1, *extra, **kwargs)
     out = tmp_path / "run"
-    r = run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
-                   "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
-                   "--max_train_steps", 4, "--log_steps", 2, "--sample_interval", 2, "--eval_steps", 2,
-                   "--diffaug", "color,translation,cutout", "--colour_samples", 64,
-                   env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
+    r = run(out, "--max_train_steps", 4, "--sample_interval", 2, "--eval_steps", 2,
+            "--diffaug", "color,translation,cutout", "--colour_samples", 64,
+            env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "training goes on without FID/KID" in r.stdout
     colour = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [row["step"] for row in colour] == [2, 4]
-    assert [row["step"] for row in rows(out)] == [2, 4] and all("loss_D" in row for row in rows(out))
+    assert [row["step"] for row in rows(out)] == [1, 2, 3, 4] and all("loss_D" in row for row in rows(out))
     assert not (out / "eval.jsonl").exists()  # FID/KID skipped: no evaluation rows
     assert all(row["real_contrast"] > 0.2 and row["gen_saturation"] == 0 for row in colour)  # grey digits
+
+    # D saw augmented images: at step 1, D's initial weights and the first real batch are those of a run
+    # without --diffaug, so D's mean verdict on the reals can only differ through what D was shown
+    plain = tmp_path / "plain"
+    assert run(plain, "--max_train_steps", 1).returncode == 0
+    augmented, unaugmented = rows(out)[0], rows(plain)[0]
+    assert abs(augmented["D_real"] - unaugmented["D_real"]) > 1e-4, (augmented, unaugmented)
+    assert augmented["loss_D"] != unaugmented["loss_D"]
+
     ckpt = out / "checkpoints" / "checkpoint-4"
     assert json.loads((ckpt / "gan.json").read_text())["weights"]["G_ema"] == "G_ema.safetensors"
     ema, g = load_file(ckpt / "G_ema.safetensors"), load_file(ckpt / "model.safetensors")
     assert ema.keys() == g.keys() and any(not (ema[k] == g[k]).all() for k in g)  # an average, not a copy
     r = run_module("gan_dist.sample", "--checkpoint", ckpt, "--n", 9, "--grid", tmp_path / "grid.png")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert Image.open(tmp_path / "grid.png").size[0] > 3 * 16
+    assert Image.open(tmp_path / "grid.png").size == (3 * 18 + 2, 3 * 18 + 2)  # 3x3 images of 16 px, 2 px apart
 
 
 def test_bad_diffaug_policy_is_refused(tmp_path, digits16):
+    """A usage error: argparse's exit 2 with one error line naming the policy, before the run directory exists."""
     r = train(digits16, tmp_path / "run", "--diffaug", "colour")
-    assert r.returncode != 0 and "colour" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == "", r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert errors == [r.stderr.strip().splitlines()[-1]] == [
+        "gan_dist.train: error: unknown DiffAugment policy colour; choose from color, translation, cutout"]
+    assert not (tmp_path / "run").exists()  # not even args.json
 
 
 def test_training_and_evaluation_set_the_gpu_backends_and_the_flags_turn_them_off(tmp_path, digits16, capsys):
@@ -173,7 +196,6 @@ def test_training_and_evaluation_set_the_gpu_backends_and_the_flags_turn_them_of
     from accelerate.state import AcceleratorState
 
     from gan_dist.evaluation.evaluate import main as evaluate_main
-    from gan_dist.train import main as train_main
 
     def backends():
         return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)

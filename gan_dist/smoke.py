@@ -112,7 +112,7 @@ def free_port():
 def ddp_case(work, shards, size, flags, steps, cpu, timeout):
     """2 processes on this machine as two torchrun nodes of one process each (both on GPU 0), gloo."""
     run_dir, port, t0 = work / "run", free_port(), time.perf_counter()
-    script = Path(__file__).resolve().parents[1] / "train.py"
+    script = Path(__file__).resolve().parent / "train.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", 2, "--nproc_per_node", 1, "--master_addr",
            "127.0.0.1", "--master_port", port, "--node_rank", "RANK", script,
            *train_args(shards, size, [*flags, "--ddp_backend", "gloo", "--batch_size", 32], steps, run_dir, cpu)]

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 
 from gan_dist.training.ema import EMA_FILE, save_ema
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")  # used with fullmatch: "$" would let a newline through
 META = "gan.json"
 WEIGHT_FILES = {"G": "model.safetensors", "D": "model_1.safetensors"}  # order of prepare()
 
@@ -43,7 +43,7 @@ def list_checkpoints(output_dir):
     the last is the latest even when a resume from an older checkpoint wrote a lower step after a higher one."""
     root = Path(output_dir) / "checkpoints"
     found = [(_save_index(p), int(m.group(1)), p) for p in root.glob("checkpoint-*")
-             if (m := CHECKPOINT_RE.match(p.name)) and (p / META).is_file()]
+             if (m := CHECKPOINT_RE.fullmatch(p.name)) and (p / META).is_file()]
     return [(step, path) for _, step, path in sorted(found)]
 
 

@@ -8,7 +8,6 @@
 `--batch_size` is per process; the global batch is batch_size x processes. The run
 directory (--output_dir) gets args.json, metrics.jsonl, samples/ and checkpoints/.
 """
-import json
 import sys
 import tempfile
 import time
@@ -62,6 +61,7 @@ from gan_dist.training.ema import update as ema_update
 from gan_dist.training.options import gan_config as config_of
 from gan_dist.training.options import parse_args
 from gan_dist.training.preemption import EXIT_PREEMPTED, StopSignal
+from gan_dist.training.rundir import RunDirError, check_run_dir, write_args
 from gan_dist.training.stats import TRAIN_KEYS, IntervalStats, check_row
 from gan_dist.training.step import adam, compile_available, gan_step, generate, schedule
 from gan_dist.training.tracking import TRAIN_LOG, MetricsLog, finish_run, init_trackers, log_grid, tracker_names
@@ -78,6 +78,7 @@ def check_output_dir(output_dir, resume_from):
         tempfile.TemporaryFile(dir=output_dir).close()
     except OSError as e:
         raise UsageError(f"--output_dir {output_dir} is not writable ({e.strerror}); pass a directory you can write")
+    check_run_dir(output_dir)
     if resume_from is None and any((output_dir / n).exists() for n in (TRAIN_LOG, "checkpoints")):
         raise UsageError(f"--output_dir {output_dir} already holds a run; continue it with "
                          "--resume_from_checkpoint latest, or pass a new --output_dir")
@@ -86,7 +87,7 @@ def check_output_dir(output_dir, resume_from):
 def read_resume_point(args, output_dir, gan_config):
     """The checkpoint to resume from and its metadata ({} when starting fresh), checked against this run."""
     resume_dir = resolve_resume(args.resume_from_checkpoint, output_dir)
-    meta = read_meta(resume_dir) if resume_dir is not None else {}
+    meta = read_meta(resume_dir, resume=True) if resume_dir is not None else {}
     if meta and meta["gan_config"] != gan_config.to_dict():
         raise UsageError(f"checkpoint {resume_dir} was made for {meta['gan_config']}, not {gan_config.to_dict()}; "
                          "resume with the same --arch/--img_size/--channels/--latent_dim or use a new --output_dir")
@@ -154,7 +155,7 @@ def train(args):
     device = accelerator.device
     if is_main:
         DirectoryLock(output_dir, "gan_dist.train")  # one trainer per run directory, until this process exits
-        (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        write_args(output_dir, vars(args))
         remove_partials(output_dir)
 
     # ---- networks and optimizers
@@ -322,7 +323,7 @@ def main(argv=None):
     try:
         train(args)
     except (DataError, UsageError, DistributedError, CheckpointError, DirectoryBusy, FileNotFoundError,
-            FloatingPointError) as e:
+            FloatingPointError, RunDirError) as e:
         sys.exit(f"error: {e}")
 
 

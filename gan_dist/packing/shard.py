@@ -155,12 +155,12 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
     defaults = DEFAULTS.get(source, {})
     crops_per_image = defaults.get("crops_per_image", 0) if crops_per_image is None else crops_per_image
     dedup = defaults.get("dedup", False) if dedup is None else dedup
-    if (not 1 <= size <= MAX_PACK_SIZE or not 0 <= seed <= MAX_SEED or channels not in (1, 3) or shard_size < 1 or workers < 1 or fmt not in FORMATS
-            or not 1 <= quality <= 100 or (center_crop or 0) < 0 or crops_per_image < 0
-            or not 0 < crop_scale[0] <= crop_scale[1] <= 1 or retries < 1):
-        raise PackError(f"bad options: --size {size} (1-{MAX_PACK_SIZE}), --seed {seed} (0-{MAX_SEED}), --channels {channels} (1 or 3), "
-                        f"--shard_size {shard_size} (>=1), --workers {workers} (>=1), --format {fmt} "
-                        f"({'/'.join(FORMATS)}), --quality {quality} (1-100), --center_crop {center_crop} (>=0), "
+    if (not 1 <= size <= MAX_PACK_SIZE or not 0 <= seed <= MAX_SEED or channels not in (1, 3) or shard_size < 1
+            or workers < 1 or fmt not in FORMATS or not 1 <= quality <= 100 or (center_crop or 0) < 0
+            or crops_per_image < 0 or not 0 < crop_scale[0] <= crop_scale[1] <= 1 or retries < 1):
+        raise PackError(f"bad options: --size {size} (1-{MAX_PACK_SIZE}), --seed {seed} (0-{MAX_SEED}), "
+                        f"--channels {channels} (1 or 3), --shard_size {shard_size} (>=1), --workers {workers} (>=1), "
+                        f"--format {fmt} ({'/'.join(FORMATS)}), --quality {quality} (1-100), --center_crop {center_crop} (>=0), "
                         f"--crops_per_image {crops_per_image} (>=0), --crop_scale {crop_scale} (0 < lo <= hi <= 1), "
                         f"--retries {retries} (>=1)")
     if source != "hf" and (dataset or image_column):

@@ -14,7 +14,6 @@ scales them there.
 import io
 import sys
 from itertools import islice, repeat
-
 from pathlib import Path
 
 import numpy as np

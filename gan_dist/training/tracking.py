@@ -4,7 +4,6 @@ Everything here acts on the main process only; other ranks return at once. W&B r
 offline into OUTPUT_DIR/wandb when no credentials are found (sync later with
 `wandb sync`), and a tracker that fails to start never stops training.
 """
-import json
 import netrc
 import os
 from pathlib import Path
@@ -12,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
+
+from gan_dist.safe_io import read_jsonl, write_atomic
+from gan_dist.training.rundir import append_row, save_png
 
 TRACKERS = ("wandb", "tensorboard")
 TRAIN_LOG = "metrics.jsonl"
@@ -74,9 +76,7 @@ def init_trackers(accelerator, project_name, config, output_dir, checkpoint_run_
                 tracker.run.define_metric("kimg")
                 tracker.run.define_metric("*", step_metric="kimg")
                 run_id = tracker.run.id
-                tmp = Path(output_dir) / f".{WANDB_RUN_ID_FILE}.partial"
-                tmp.write_text(run_id + "\n")
-                os.replace(tmp, Path(output_dir) / WANDB_RUN_ID_FILE)
+                write_atomic(Path(output_dir) / WANDB_RUN_ID_FILE, run_id + "\n")
                 return run_id
     except Exception as e:  # a dashboard must never cost the run
         accelerator.print(f"warning: could not start trackers {accelerator.log_with} ({e!r}); "
@@ -119,8 +119,7 @@ class MetricsLog:
         except Exception as e:
             self.accelerator.print(f"warning: trackers could not log step {step}: {e!r}")
         if self.accelerator.is_main_process:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": step, **row}) + "\n")
+            append_row(self.path, {"step": step, **row}, self.accelerator.print)
 
 
 def read_log(run_dir, kind="train"):
@@ -128,9 +127,8 @@ def read_log(run_dir, kind="train"):
     by_step = {}
     path = Path(run_dir) / LOGS[kind]
     if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
+        for row in read_jsonl(path):  # a line cut short (a full disk, a kill) is left out
+            if type(row.get("step")) is int:
                 by_step[row["step"]] = row
     return [by_step[s] for s in sorted(by_step)]
 
@@ -142,7 +140,7 @@ def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5):
     grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
     path = Path(output_dir) / "samples" / f"{key}_{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
+    save_png(lambda f: save_image(grid, f, format="png"), path, accelerator.print)
     hwc = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # W&B needs uint8
     for tracker in accelerator.trackers:
         try:

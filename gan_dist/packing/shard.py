@@ -161,8 +161,8 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
         raise PackError(f"bad options: --size {size} (1-{MAX_PACK_SIZE}), --seed {seed} (0-{MAX_SEED}), "
                         f"--channels {channels} (1 or 3), --shard_size {shard_size} (>=1), --workers {workers} (>=1), "
                         f"--format {fmt} ({'/'.join(FORMATS)}), --quality {quality} (1-100), "
-                        f"--center_crop {center_crop} (>=0), --crops_per_image {crops_per_image} (>=0), --crop_scale {crop_scale} (0 < lo <= hi <= 1), "
-                        f"--retries {retries} (>=1)")
+                        f"--center_crop {center_crop} (>=0), --crops_per_image {crops_per_image} (>=0), "
+                        f"--crop_scale {crop_scale} (0 < lo <= hi <= 1), --retries {retries} (>=1)")
     if source != "hf" and (dataset or image_column):
         raise PackError(f"--dataset and --image_column are for source hf, not {source!r}")
     opts = SourceOptions(src=None if src is None else str(src), sha256=sha256, cache_dir=cache_dir,

@@ -122,7 +122,7 @@ def _check_ema(path):
                 shapes[name] = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except (SafetensorError, OSError) as e:
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            raise CheckpointError(f"{Path(path) / name} is damaged ({reason}); resume from another checkpoint") from None
+            raise CheckpointError(f"{Path(path) / name} is damaged ({reason}); use another checkpoint") from None
     if shapes[EMA_FILE] != shapes[WEIGHT_FILES["G"]]:
         raise CheckpointError(f"{Path(path) / EMA_FILE} does not hold G's tensors (other names or shapes); "
                               "resume from another checkpoint")

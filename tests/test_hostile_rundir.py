@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, call_main, launch, run_module
@@ -60,7 +61,8 @@ def test_a_full_disk_while_writing_args_json_is_one_error_and_leaves_no_empty_fi
     # RLIMIT_FSIZE of 200 bytes: writes past it fail with EFBIG, as on a full disk
     r = subprocess.run(["prlimit", "--fsize=200", sys.executable, "-m", "gan_dist.train",
                         *map(str, train_args(digits16, out, "--max_train_steps", 1))],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
+                       capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "WANDB_MODE": "offline"})
     assert_one_error(r, "args.json failed (File too large)", code=1)
     assert not (out / "args.json").exists() and not list(out.glob(".args.json*"))
 
@@ -122,7 +124,6 @@ def test_a_second_ctrl_c_exits_130_with_one_line(tmp_path, digits16):
         if line.startswith("step "):  # in the loop
             break
     proc.send_signal(signal.SIGINT)  # a clean stop: finish the step, checkpoint
-    import time
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)  # ... and again, while that stop is under way
     try:

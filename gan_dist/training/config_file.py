@@ -42,7 +42,9 @@ def read_config(path):
     try:
         values = json.loads(text) if kind == "JSON" else yaml.load(text, Loader=_NoAliases)  # noqa: S506 (safe)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"--config {path}: not valid {kind} ({str(e).strip().splitlines()[-1]})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ValueError(f"--config {path}: not valid {kind} ({getattr(e, 'problem', None) or e}{where})") from None
     except RecursionError:
         raise ValueError(f"--config {path}: nested too deeply to be a config file") from None
     if values is None:
@@ -92,7 +94,7 @@ def apply_config(parser, path):
     """Make the file's values the parser's defaults (so explicit flags still win); returns them."""
     values = read_config(path)
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    unknown = sorted(set(values) - set(actions))
+    unknown = [k if k.isprintable() else repr(k) for k in sorted(set(values) - set(actions))]
     if unknown:
         parser.error(f"--config {path}: unknown option(s) {', '.join(unknown)} (keys are flag names without --)")
     for name, value in values.items():

@@ -11,15 +11,9 @@ from PIL import Image
 
 datasets = pytest.importorskip("datasets", reason="the hf extra is not installed: pip install '.[hf]'")
 
+from test_hf_source import OFFLINE, offline  # noqa: E402, F401 (offline: an autouse fixture)
+
 from gan_dist.packing.shard import PackError, pack  # noqa: E402
-
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    for k, v in OFFLINE.items():
-        monkeypatch.setenv(k, v)
 
 
 def png(seed):

@@ -33,6 +33,7 @@ def run_measured(*args, timeout=120, env=None):
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         err.seek(0)
+        print(f"peak RSS {usage.ru_maxrss / 1024:.0f} MiB: python {' '.join(map(str, args))[:160]}")  # pytest -s
         return (subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read()),
                 usage.ru_maxrss * 1024)
 

@@ -2,13 +2,16 @@
 
 The kernel drops the lock when its process ends, however it ends, so a lock file left by a
 killed run never blocks the next one. The file holds a line naming the holder, for the
-message the second writer gets, and is removed on release. No torch here.
+message the second writer gets, and is removed on release. A `.lock` that is a symbolic link
+is refused (UnsafePath), never followed. No torch here.
 """
 import atexit
 import fcntl
 import os
 import socket
 from pathlib import Path
+
+from gan_dist.safe_io import open_lock
 
 LOCK_FILE = ".lock"
 
@@ -25,7 +28,7 @@ class DirectoryLock:
         another's error. Raises DirectoryBusy naming the holder if another process has it."""
         self.path = Path(directory) / LOCK_FILE
         while True:
-            self.file = open(self.path, "a+")  # noqa: SIM115 (held open while the lock is)
+            self.file = open_lock(self.path)  # held open while the lock is
             try:
                 fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

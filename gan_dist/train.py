@@ -24,6 +24,7 @@ from gan_dist.training.ema import update as ema_update
 from gan_dist.training.manifest import DataError
 from gan_dist.training.options import parse_args
 from gan_dist.training.preemption import EXIT_PREEMPTED, Preempted
+from gan_dist.training.rundir import RunDirError
 from gan_dist.training.runlog import TRAIN_KEYS
 from gan_dist.training.setup import UsageError, setup
 from gan_dist.training.stats import IntervalStats, check_row
@@ -150,7 +151,7 @@ def main(argv=None):
     except Preempted:
         sys.exit(EXIT_PREEMPTED)
     except (DataError, UsageError, DistributedError, CheckpointError, DirectoryBusy, FileNotFoundError,
-            FloatingPointError) as e:
+            FloatingPointError, RunDirError) as e:
         sys.exit(f"error: {e}")
 
 

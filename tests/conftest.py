@@ -116,7 +116,7 @@ def make_damaged_shards(root, truncate=True):
         two.write_bytes(two.read_bytes()[: two.stat().st_size // 2])
     # damage the packer wrote itself (the manifest's sha256 agrees), so it reaches the reader
     for shard in m["shards"]:
-        shard["sha256"] = sha256_file(root / shard["file"])
+        shard["sha256"], shard["bytes"] = sha256_file(root / shard["file"]), (root / shard["file"]).stat().st_size
     (root / "manifest.json").write_text(json.dumps(m))
     return root
 

@@ -18,15 +18,18 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
+from gan_dist.budgets import MAX_SEED, BudgetError, check_sample_bytes
 from gan_dist.evaluation.sample import SampleError, grid_image, latents, load_generator, resolve_checkpoint
 from gan_dist.names import MANIFEST
 from gan_dist.networks.hub import CONFIG, REPO_ID, TAGS, WEIGHTS, HubError, HubGenerator, check_gan_config
 from gan_dist.networks.models import generate
+from gan_dist.safe_io import UnsafePath, refuse_links
 from gan_dist.training.checkpoint import CheckpointError, read_meta
 from gan_dist.training.ema import EMA_FILE
 from gan_dist.training.runlog import read_log
 
 GRID = "samples.png"
+EXPORT_FILES = (CONFIG, WEIGHTS, "README.md", GRID)
 # training options that describe the model; paths and machine settings stay private
 RECIPE_KEYS = ("preset", "arch", "latent_dim", "img_size", "channels", "base_width", "width", "widths", "blocks",
                "group_size", "expansion", "mapping_layers", "pacgan", "mbstd_group", "loss", "batch_size", "lr_g",
@@ -87,14 +90,36 @@ def parse_args(argv=None):
         p.error(f"--hub_model_id {args.hub_model_id}: expected user/name")
     if args.n_samples < 1:
         p.error(f"--n_samples must be >= 1, got {args.n_samples}")
+    if not 0 <= args.seed <= MAX_SEED:
+        p.error(f"--seed must be from 0 to {MAX_SEED}, got {args.seed}")
     return args
 
 
 def _read_json(path):
+    """A JSON object from path, or None (absent, damaged, or not an object)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return value if isinstance(value, dict) else None
+
+
+def check_out(out):
+    """Raise ExportError unless `out` is new, empty, or an earlier export (only our files, a gan-dist config.json,
+    no links): another model's folder is never overwritten."""
+    if not out.exists():
+        return
+    names = {p.name for p in out.iterdir()} if out.is_dir() else None
+    if names == set():
+        return
+    earlier = _read_json(out / CONFIG) if names else None
+    ours = earlier and isinstance(earlier.get("gan_config"), dict) and earlier.get("weights") in ("G", "G_ema")
+    if names is None or not names <= set(EXPORT_FILES) or not ours:
+        raise ExportError(f"--out {out} is not empty and not an earlier gan-dist export; pick a new directory")
+    try:
+        refuse_links(out, EXPORT_FILES)
+    except UnsafePath as e:
+        raise ExportError(f"--out {e}") from None
 
 
 def run_info(checkpoint, step):
@@ -103,7 +128,7 @@ def run_info(checkpoint, step):
     run_args = (_read_json(run_dir / "args.json") if run_dir else None) or {}
     recipe = {k: run_args[k] for k in RECIPE_KEYS if run_args.get(k) not in (None, "")}
     dataset = {}
-    if run_args.get("data"):
+    if isinstance(run_args.get("data"), str) and run_args["data"]:
         dataset["data"] = Path(run_args["data"]).name
         manifest = _read_json(Path(run_args["data"]) / MANIFEST) or {}
         dataset.update({k: manifest[k] for k in DATASET_KEYS if manifest.get(k) is not None})
@@ -159,9 +184,12 @@ def export(args):
         raise ExportError(f"--weights G_ema: {checkpoint} has no {EMA_FILE} (trained without EMA); "
                           "export the trained G with --weights G")
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir()) and not (out / CONFIG).is_file()):
-        raise ExportError(f"--out {out} is not empty and not an earlier export; pick a new directory")
-    check_gan_config(meta["gan_config"])  # before load_generator builds G from it
+    check_out(out)
+    cfg = check_gan_config(meta["gan_config"])  # before load_generator builds G from it
+    try:
+        check_sample_bytes(args.n_samples, cfg.latent_dim, cfg, "--n_samples")
+    except BudgetError as e:
+        raise ExportError(str(e)) from None
     G, _ = load_generator(checkpoint, ema=weights == "G_ema", device="cpu")
     model = HubGenerator(meta["gan_config"])
     model.net.load_state_dict(G.state_dict())

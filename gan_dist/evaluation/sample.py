@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torchvision.utils import make_grid
 
+from gan_dist.budgets import MAX_SEED, BudgetError, check_params, check_sample_bytes
 from gan_dist.networks.models import GANConfig, build_models, generate
 from gan_dist.training.checkpoint import META, WEIGHT_FILES, CheckpointError, list_checkpoints, read_meta
 from gan_dist.training.ema import EMA_FILE
@@ -54,8 +55,10 @@ def parse_args(argv=None):
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.interpolate and args.steps < 2:
         p.error("--interpolate needs --steps >= 2")
-    if args.truncation <= 0:
-        p.error(f"--truncation must be > 0, got {args.truncation}")
+    if not 0 < args.truncation < math.inf:  # NaN or inf would draw an all-black grid
+        p.error(f"--truncation must be > 0 and finite, got {args.truncation}")
+    if not 0 <= args.seed <= MAX_SEED:
+        p.error(f"--seed must be from 0 to {MAX_SEED}, got {args.seed}")
     if args.grid and Path(args.grid).suffix.lower() == ".gif" and not args.interpolate:
         p.error("a .gif grid is a latent walk: add --interpolate (or write a .png)")
     return args
@@ -104,7 +107,11 @@ def checkpoint_config(checkpoint):
     """The GANConfig in a checkpoint's gan.json, checked (SampleError names what is wrong)."""
     config = read_meta(checkpoint)["gan_config"]  # CheckpointError if gan.json is not JSON
     try:
-        return GANConfig.from_dict(config)
+        cfg = GANConfig.from_dict(config)
+        check_params(cfg, where=f"{Path(checkpoint) / META}: ")  # counted before G is built
+        return cfg
+    except BudgetError as e:
+        raise SampleError(str(e)) from None
     except (ValueError, TypeError) as e:
         raise SampleError(f"{Path(checkpoint) / META} is malformed ({e.__class__.__name__}: {e}); "
                           "use another checkpoint") from None
@@ -121,18 +128,19 @@ def is_hub_model(spec):
 
 
 def open_generator(spec, ema=None, device="cpu"):
-    """G from a checkpoint, a run directory, an exported folder or a Hub id: (source, G, used EMA, latent_dim)."""
+    """G from a checkpoint, a run directory, an exported folder or a Hub id: (source, G, used EMA, its GANConfig)."""
     if not is_hub_model(spec):
         checkpoint = resolve_checkpoint(spec)
         G, used_ema = load_generator(checkpoint, ema, device)
-        return checkpoint, G, used_ema, checkpoint_config(checkpoint).latent_dim
+        return checkpoint, G, used_ema, checkpoint_config(checkpoint)
     try:
         from gan_dist.networks.hub import HubError, load_exported
     except ImportError as e:
         raise SampleError(f"--checkpoint {spec} is a Hugging Face model, which needs {e.name}: "
                           "pip install 'gan-dist[hf]'") from None
     try:
-        return load_exported(spec, ema, device)
+        folder, G, used_ema, _ = load_exported(spec, ema, device)
+        return folder, G, used_ema, G.gan_config
     except HubError as e:
         raise SampleError(str(e)) from None
 
@@ -182,8 +190,12 @@ def write_gif(frames, path, duration_ms=100):
 
 
 def sample(args):
-    checkpoint, G, used_ema, latent_dim = open_generator(args.checkpoint, args.ema, args.device)
-    written = []
+    checkpoint, G, used_ema, cfg = open_generator(args.checkpoint, args.ema, args.device)
+    latent_dim, written = cfg.latent_dim, []
+    try:
+        check_sample_bytes(args.n * (args.steps if args.interpolate else 1), latent_dim, cfg, "--n")
+    except BudgetError as e:
+        raise SampleError(str(e)) from None
     if args.interpolate:
         z = latents(args.n, latent_dim, args.seed, args.truncation, walk_steps=args.steps)  # (n, steps, latent)
         images = generate(G, z.flatten(0, 1), args.device, args.batch_size)  # walk-major: (n * steps, C, H, W)

@@ -8,6 +8,7 @@ without W&B. The trainer writes it at the end of every run.
 import argparse
 import base64
 import html
+import io
 import sys
 from pathlib import Path
 
@@ -17,12 +18,24 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from gan_dist.safe_io import write_atomic  # noqa: E402
 from gan_dist.training.runlog import TRAIN_LOG, read_log  # noqa: E402
 
 
+def _readable(path):
+    """True for a grid PNG that decodes whole (a grid cut short by a full disk or a kill is left out)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return _step_of(path) >= 0
+    except (OSError, ValueError, SyntaxError):
+        print(f"warning: {path} is damaged; left out of the summary", file=sys.stderr)
+        return False
+
+
 def sample_grids(run_dir, max_grids=6):
-    """Up to max_grids fixed-noise grids, evenly spaced over the run, always including the last."""
-    grids = sorted((Path(run_dir) / "samples").glob("samples_*.png"))
+    """Up to max_grids readable fixed-noise grids, evenly spaced over the run, always including the last."""
+    grids = [p for p in sorted((Path(run_dir) / "samples").glob("samples_*.png")) if _readable(p)]
     if len(grids) <= max_grids:
         return grids
     picks = {round(i * (len(grids) - 1) / (max_grids - 1)) for i in range(max_grids)}
@@ -44,7 +57,7 @@ def write_summary(run_dir, max_grids=6):
     top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1])
     ax_loss, ax_d = top.subplots(1, 2)
     for key, ax in (("loss_D", ax_loss), ("loss_G", ax_loss), ("D_real", ax_d), ("D_fake", ax_d)):
-        ax.plot(x, [r[key] for r in rows], label=key)
+        ax.plot(x, [r.get(key, float("nan")) for r in rows], label=key)
     ax_loss.set(title="losses", xlabel=x_label)
     ax_d.set(title="D(x) and D(G(z)) (probabilities)", xlabel=x_label, ylim=(0, 1))
     for ax in (ax_loss, ax_d):
@@ -56,8 +69,10 @@ def write_summary(run_dir, max_grids=6):
             ax.set_title(f"step {_step_of(path)}")
             ax.axis("off")
     png = run_dir / "summary.png"
-    fig.savefig(png, dpi=80)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=80, format="png")
     plt.close(fig)
+    write_atomic(png, buf.getvalue())
 
     def embed(path):
         return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
@@ -72,10 +87,10 @@ def write_summary(run_dir, max_grids=6):
             f"<h1>Training run: {html.escape(str(run_dir))}</h1>{embed(png)}"
             f"<h2>Last logged values</h2><table>{table}</table><h2>Samples over time</h2>"
             + "".join(f"<figure>{embed(p)}<figcaption>step {_step_of(p)}</figcaption></figure>"
-                      for p in sorted((run_dir / "samples").glob("samples_*.png")))
+                      for p in sorted((run_dir / "samples").glob("samples_*.png")) if _readable(p))
             + (f"<h2>Real images</h2>{embed(reals)}" if reals.is_file() else ""))
     out_html = run_dir / "summary.html"
-    out_html.write_text(page)
+    write_atomic(out_html, page)
     return png, out_html
 
 
@@ -85,7 +100,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not (Path(args.run_dir) / TRAIN_LOG).is_file():
         sys.exit(f"error: {args.run_dir} has no {TRAIN_LOG}; pass the --output_dir of a training run")
-    for path in write_summary(args.run_dir):
+    try:
+        paths = write_summary(args.run_dir)
+    except (OSError, ValueError) as e:  # a full disk, a link where the summary goes
+        sys.exit(f"error: writing the summary of {args.run_dir} failed ({getattr(e, 'strerror', None) or e})")
+    for path in paths:
         print(path)
 
 

@@ -12,20 +12,19 @@ import json
 import re
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download, snapshot_download
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from gan_dist.networks.models import GANConfig, build_models, count_params
+from gan_dist.budgets import BudgetError, check_params
+from gan_dist.networks.models import GANConfig, build_models
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TAGS = ["gan", "gan-dist", "unconditional-image-generation"]
 HUB_PREFIX = "hf://"
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-MAX_PARAMS = 500_000_000  # 2 GB of float32: far above any G this repo trains
 LIMITS = {"latent_dim": 8192, "img_size": 1024, "channels": 4, "base_width": 4096}
 DEFAULT_LIMIT = 65536  # integer fields without their own limit
 
@@ -60,11 +59,10 @@ def check_gan_config(raw):
         cfg = GANConfig(**raw)
     except ValueError as e:
         raise HubError(f"{CONFIG}: {e}") from None
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        n_params = count_params(build_models(cfg)[0])
-    if n_params > MAX_PARAMS:
-        raise HubError(f"{CONFIG}: this G would have {n_params:,} parameters (limit {MAX_PARAMS:,}); refusing to "
-                       "build it")
+    try:
+        check_params(cfg, where=f"{CONFIG}: ")  # shapes only, on the meta device: nothing is allocated
+    except BudgetError as e:
+        raise HubError(str(e)) from None
     return cfg
 
 

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
+from gan_dist.safe_io import UnsafePath, confined, regular_file
+
 USER_AGENT = "gan-dist/0.1 (dataset packer; Python urllib)"
 CHUNK = 1 << 16
 # statuses worth asking again: rate limits, figshare's intermittent 403, server trouble
@@ -77,14 +79,21 @@ def fetch(urls, name, sha256=None, cache_dir=None, retries=5, backoff=1.0, timeo
     """
     sha256 = sha256.lower() if sha256 else None
     label = label or Path(name).name
-    target = Path(cache_dir or default_cache_dir()) / name
+    try:  # `name` may come from a mirror's own files (Data Dragon's champion ids)
+        target = confined(cache_dir or default_cache_dir(), name, "download name")
+    except UnsafePath as e:
+        raise DownloadError(str(e)) from None
     failures = []
     for url in urls:
         if not is_url(url):
             path = Path(str(url).removeprefix("file://")).expanduser()
-            if not path.is_file():
+            if not path.exists():
                 failures.append(f"{url}: no such file")
                 continue
+            try:
+                regular_file(path, what="--src")  # a FIFO or /dev/zero would be read for ever
+            except UnsafePath as e:
+                raise DownloadError(f"{e}; pass an archive file") from None
             actual = sha256_file(path)
             if sha256 and actual != sha256:
                 raise _mismatch(path.name, sha256, actual, f"local file {path}")

@@ -5,10 +5,17 @@ NAME_OR_PATH is a Hub dataset (user/name), a local folder that `datasets.load_da
 The images reach the packer still encoded (the Image feature with decode=False), so its
 worker processes decode them. `datasets` is optional (pip install 'gan-dist[hf]') and is
 imported only when this source is used.
+
+A dataset's files are untrusted: a row that names a file instead of holding its bytes is read
+only if the file is a regular file inside the dataset's folder (for a Hub dataset: inside the
+caches), else skipped as "unsafe_path"; a save_to_disk folder whose state.json names files
+outside it is refused before `datasets` opens them.
 """
+import json
 from pathlib import Path
 
 from gan_dist.packing.sources import Item, PackError, Skip, Source
+from gan_dist.safe_io import UnsafePath, confined, regular_file
 
 SAVED_MARKERS = ("state.json", "dataset_dict.json")  # save_to_disk writes one of them
 INSTALL = "pip install 'gan-dist[hf]'"
@@ -27,6 +34,7 @@ def _load(datasets, opts):
     path = Path(opts.dataset).expanduser()
     try:
         if path.is_dir() and any((path / m).is_file() for m in SAVED_MARKERS):
+            _check_saved(path, opts.dataset)
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 if opts.split not in ds:
@@ -47,6 +55,32 @@ def _load(datasets, opts):
         raise PackError(f"--dataset {opts.dataset} (split {opts.split}) could not be loaded: {reason}") from None
 
 
+def _check_saved(path, name):
+    """Raise PackError unless every file a save_to_disk folder's state.json (or its splits') names is inside it."""
+    try:
+        if (path / "dataset_dict.json").is_file():
+            splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+            for split in splits:
+                _check_saved(confined(path, split, "split"), name)
+            return
+        for entry in json.loads((path / "state.json").read_text())["_data_files"]:
+            regular_file(confined(path, entry["filename"], "data file"), [path])
+    except UnsafePath as e:
+        raise PackError(f"--dataset {name}: {e}; a save_to_disk folder only names files inside it") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PackError(f"--dataset {name}: not a readable save_to_disk folder ({type(e).__name__}: "
+                        f"{str(e)[:100]})") from None
+
+
+def _roots(datasets, opts, origin):
+    """The folders a row's file may lie in: the dataset's own, or for a Hub dataset the caches."""
+    if origin == "hub":
+        from huggingface_hub import constants
+        return [Path(opts.cache_dir or datasets.config.HF_DATASETS_CACHE), Path(constants.HF_HUB_CACHE)]
+    path = Path(opts.dataset).expanduser()
+    return [path if path.is_dir() else path.parent]
+
+
 def _image_column(datasets, ds, wanted, name):
     images = [k for k, f in ds.features.items() if isinstance(f, datasets.Image)]
     if wanted is None:
@@ -62,13 +96,16 @@ def _image_column(datasets, ds, wanted, name):
     return wanted
 
 
-def _items(rows, column):
+def _items(rows, column, roots):
     for i, row in enumerate(rows):
         image, name = row[column], f"row{i:08d}"
         if image and image.get("bytes"):
             yield Item(name, image["bytes"])
         elif image and image.get("path"):  # an imagefolder row refers to its file
-            yield Item(name, image["path"])
+            try:
+                yield Item(name, str(regular_file(image["path"], roots, "row file")))
+            except UnsafePath:
+                yield Skip(name, "unsafe_path")
         else:
             yield Skip(name, "unreadable")
 
@@ -84,4 +121,4 @@ def read_hf(opts):
     rows = ds.select_columns([column]).cast_column(column, datasets.Image(decode=False))
     info = {"hf_dataset": opts.dataset if origin == "hub" else Path(opts.dataset).name, "hf_origin": origin,
             "hf_split": opts.split, "hf_image_column": column, "expected_count": len(ds)}
-    return Source(_items(rows, column), info)
+    return Source(_items(rows, column, _roots(datasets, opts, origin)), info)

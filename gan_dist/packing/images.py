@@ -21,18 +21,18 @@ class Unsupported(ValueError):
 
 def _open(image):
     if isinstance(image, np.ndarray):
-        return _to_8bit(Image.fromarray(image))
+        return to_8bit(Image.fromarray(image))
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # above MAX_PIXELS: refused, not decoded
         try:
             with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as img:
                 img.load()  # truncated files fail here, not later
-                return _to_8bit(img.copy())
+                return to_8bit(img.copy())
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
             raise Unsupported(str(e)) from None
 
 
-def _to_8bit(img):
+def to_8bit(img):
     """16-bit and 32-bit integer and float greyscale images scaled to 8 bits (PIL's convert clips them:
     16-bit comes out near white, floats in [0, 1] black); other modes pass as they are."""
     if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):

@@ -20,15 +20,15 @@ import json
 import os
 import sys
 import tarfile
-from itertools import islice
 from multiprocessing import Pool
 from multiprocessing.dummy import Pool as ThreadPool
 from pathlib import Path
 
 from tqdm import tqdm
 
+from gan_dist.budgets import IN_FLIGHT_BYTES, MAX_PACK_SIZE, MAX_SEED
 from gan_dist.dirlock import DirectoryBusy, DirectoryLock
-from gan_dist.names import FORMATS, MANIFEST, SHARD_PATTERN, cores
+from gan_dist.names import FORMATS, MANIFEST, SHARD_NAME, SHARD_PATTERN, cores
 from gan_dist.packing.download import sha256_file
 from gan_dist.packing.images import encode_image
 from gan_dist.packing.sources import (  # noqa: F401
@@ -40,9 +40,11 @@ from gan_dist.packing.sources import (  # noqa: F401
     Skip,
     SourceOptions,
 )
+from gan_dist.safe_io import UnsafePath, open_new, write_atomic
 
 MANIFEST_VERSION = 2
 SKIP_REASONS = ("unreadable", "unsupported", "duplicate", "unsafe_path", "download_failed")
+PREVIOUS = f".{MANIFEST}.previous"  # the shards of the last finished pack, while a new one replaces it
 
 
 class _ShardSink:
@@ -56,7 +58,8 @@ class _ShardSink:
         if self.writer is None:
             name = SHARD_PATTERN.format(len(self.shards))
             self.tmp_path = self.out_dir / f".{name}.partial"
-            self.writer = tarfile.open(self.tmp_path, "w", format=tarfile.PAX_FORMAT)
+            self.file = open_new(self.tmp_path)  # never through a link planted in --out
+            self.writer = tarfile.open(fileobj=self.file, mode="w", format=tarfile.PAX_FORMAT)
             self.shards.append({"file": name, "count": 0})
         key = sample["__key__"]
         for ext, value in sample.items():
@@ -76,22 +79,44 @@ class _ShardSink:
         if self.writer is None:
             return
         self.writer.close()
+        self.file.close()
         self.writer = None
         entry = self.shards[-1]
-        entry["sha256"] = sha256_file(self.tmp_path)
+        entry["sha256"], entry["bytes"] = sha256_file(self.tmp_path), self.tmp_path.stat().st_size
         os.replace(self.tmp_path, self.out_dir / entry["file"])
 
     def abort(self):
         if self.writer is not None:
             self.writer.close()
+            self.file.close()
             self.writer = None
             self.tmp_path.unlink(missing_ok=True)
 
 
-def _batches(iterable, n):
-    it = iter(iterable)
-    while batch := list(islice(it, n)):
+def _batches(iterable, n, max_bytes=IN_FLIGHT_BYTES):
+    """Lists of at most n entries, cut early once the image bytes they hold reach max_bytes."""
+    batch, held = [], 0
+    for entry in iterable:
+        batch.append(entry)
+        image = getattr(entry, "image", None)
+        held += len(image) if isinstance(image, bytes) else getattr(image, "nbytes", 0)
+        if len(batch) == n or held >= max_bytes:
+            yield batch
+            batch, held = [], 0
+    if batch:
         yield batch
+
+
+def _owned_shards(out):
+    """Shard names that an earlier pack into `out` listed in its manifest: the only ones a new pack removes."""
+    owned = set()
+    for path in (out / MANIFEST, out / PREVIOUS):
+        try:
+            shards = json.loads(path.read_text()).get("shards", [])
+            owned |= {s.get("file") for s in shards if isinstance(s, dict)}
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    return {name for name in owned if isinstance(name, str) and SHARD_NAME.fullmatch(name)}
 
 
 def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, workers=1, *, fmt="png", quality=95,
@@ -130,14 +155,14 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
     defaults = DEFAULTS.get(source, {})
     crops_per_image = defaults.get("crops_per_image", 0) if crops_per_image is None else crops_per_image
     dedup = defaults.get("dedup", False) if dedup is None else dedup
-    if (size < 1 or channels not in (1, 3) or shard_size < 1 or workers < 1 or fmt not in FORMATS
-            or not 1 <= quality <= 100 or (center_crop or 0) < 0 or crops_per_image < 0
-            or not 0 < crop_scale[0] <= crop_scale[1] <= 1 or retries < 1):
-        raise PackError(f"bad options: --size {size} (>=1), --channels {channels} (1 or 3), "
-                        f"--shard_size {shard_size} (>=1), --workers {workers} (>=1), --format {fmt} "
-                        f"({'/'.join(FORMATS)}), --quality {quality} (1-100), --center_crop {center_crop} (>=0), "
-                        f"--crops_per_image {crops_per_image} (>=0), --crop_scale {crop_scale} (0 < lo <= hi <= 1), "
-                        f"--retries {retries} (>=1)")
+    if (not 1 <= size <= MAX_PACK_SIZE or not 0 <= seed <= MAX_SEED or channels not in (1, 3) or shard_size < 1
+            or workers < 1 or fmt not in FORMATS or not 1 <= quality <= 100 or (center_crop or 0) < 0
+            or crops_per_image < 0 or not 0 < crop_scale[0] <= crop_scale[1] <= 1 or retries < 1):
+        raise PackError(f"bad options: --size {size} (1-{MAX_PACK_SIZE}), --seed {seed} (0-{MAX_SEED}), "
+                        f"--channels {channels} (1 or 3), --shard_size {shard_size} (>=1), --workers {workers} (>=1), "
+                        f"--format {fmt} ({'/'.join(FORMATS)}), --quality {quality} (1-100), "
+                        f"--center_crop {center_crop} (>=0), --crops_per_image {crops_per_image} (>=0), "
+                        f"--crop_scale {crop_scale} (0 < lo <= hi <= 1), --retries {retries} (>=1)")
     if source != "hf" and (dataset or image_column):
         raise PackError(f"--dataset and --image_column are for source hf, not {source!r}")
     opts = SourceOptions(src=None if src is None else str(src), sha256=sha256, cache_dir=cache_dir,
@@ -150,7 +175,7 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = DirectoryLock(out, "gan_dist.shard")  # two packers into one directory mix their shards
-    except DirectoryBusy as e:
+    except (DirectoryBusy, UnsafePath) as e:
         raise PackError(f"--out {e}") from None
     except OSError as e:
         raise PackError(f"--out {out_dir}: cannot write there ({e.strerror}); pass a directory you can write") from None
@@ -167,6 +192,9 @@ def pack(source, out_dir, src=None, size=32, channels=1, shard_size=1000, worker
 
 def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt, quality, center_crop,
                crops_per_image, crop_scale, seed, dedup, sha256, version, progress):
+    owned = _owned_shards(out)
+    if owned:  # kept aside: an interrupted pack still knows which shards the last one wrote
+        write_atomic(out / PREVIOUS, json.dumps({"shards": [{"file": name} for name in sorted(owned)]}))
     (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is not a finished pack
     for leftover in out.glob(".*.partial"):  # from an interrupted pack
         leftover.unlink()
@@ -237,10 +265,8 @@ def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt
     if sink.count == 0:
         raise PackError(f"none of the {inputs} inputs could be read as an image ({_reasons(skipped)})")
 
-    keep = {s["file"] for s in sink.shards}
-    for stale in out.glob("train-*.tar"):  # shards of an earlier, larger pack
-        if stale.name not in keep:
-            stale.unlink()
+    for stale in owned - {s["file"] for s in sink.shards}:  # shards of an earlier, larger pack; no other file
+        (out / stale).unlink(missing_ok=True)
     manifest = {
         "version": MANIFEST_VERSION, "source": source, "src": str(src) if src else None,
         "count": sink.count, "size": size, "channels": channels, "image_format": fmt,
@@ -253,9 +279,8 @@ def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt
         **found.info,
         "shards": sink.shards,
     }
-    tmp = out / f".{MANIFEST}.partial"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    (out / PREVIOUS).unlink(missing_ok=True)
     return manifest
 
 

@@ -20,7 +20,9 @@ from typing import Iterable, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from gan_dist.budgets import archive_budget
 from gan_dist.packing import download
+from gan_dist.safe_io import UnsafePath, confined
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -154,8 +156,21 @@ def _wanted(name):
 
 
 def iter_archive(path):
-    """Yield Item(member name, bytes) for each image member of a .zip/.tar/.tgz, in archive order."""
+    """Yield Item(member name, bytes) for each image member of a .zip/.tar/.tgz, in archive order.
+
+    Members above MAX_MEMBER_BYTES, and those that would take the members' total past
+    budgets.archive_budget of the archive's size (a zip bomb of many members each under the
+    cap), are skipped as "unsupported" without being inflated."""
     path = Path(path)
+    left = archive_budget(path.stat().st_size)
+
+    def too_big(size):
+        nonlocal left
+        if size > MAX_MEMBER_BYTES or size > left:
+            return True
+        left -= size
+        return False
+
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
@@ -164,7 +179,7 @@ def iter_archive(path):
                 if unsafe_member(info.filename):
                     yield Skip(info.filename, "unsafe_path")
                     continue
-                if info.file_size > MAX_MEMBER_BYTES:  # zipfile never inflates past the declared size
+                if too_big(info.file_size):  # zipfile never inflates past the declared size
                     yield Skip(info.filename, "unsupported")
                     continue
                 try:
@@ -181,7 +196,7 @@ def iter_archive(path):
                         continue
                     if unsafe_member(m.name) or m.issym() or m.islnk():
                         yield Skip(m.name, "unsafe_path")
-                    elif m.isfile() and m.size > MAX_MEMBER_BYTES:
+                    elif m.isfile() and too_big(m.size):
                         yield Skip(m.name, "unsupported")
                     elif m.isfile():
                         yield Item(m.name, tar.extractfile(m).read())
@@ -255,23 +270,31 @@ class _Dragon:
         self.files = {}  # path -> {"sha256", "bytes"}
 
     def local(self, rel):
-        if self.remote:
-            return self.cache / rel
-        return self.base / rel
+        """Where rel is kept; ids in a mirror's JSON build these paths, so each is confined (DownloadError)."""
+        try:
+            return confined(self.cache if self.remote else self.base, rel, "Data Dragon path")
+        except UnsafePath as e:
+            raise download.DownloadError(str(e)) from None
 
     def get(self, rel, refresh=False):
         if not self.remote:
-            path = self.base / rel
+            path = self.local(rel)
             if not path.is_file():
                 raise download.DownloadError(f"{path}: no such file (--src is a local Data Dragon copy)")
             got = download.fetch([path], rel)
         else:
             if refresh:
-                (self.cache / rel).unlink(missing_ok=True)
+                self.local(rel).unlink(missing_ok=True)
             got = download.fetch([f"{self.base}/{rel}"], rel, cache_dir=self.cache, retries=self.opts.retries,
                                  progress=False)
         self.files[rel] = {"file": rel, "sha256": got.sha256, "bytes": got.bytes}
         return got.path
+
+    def has(self, rel):
+        try:
+            return self.local(rel).is_file()
+        except download.DownloadError as e:
+            raise PackError(f"Data Dragon: {e}") from None
 
     def json(self, rel, refresh=False):
         try:
@@ -282,11 +305,10 @@ class _Dragon:
             raise PackError(f"Data Dragon: {rel} is not valid JSON ({e})") from None
 
 
-def read_lol(opts):
-    """Every champion skin's splash art (1215x717 JPEG) of a Data Dragon version (`--version`)."""
-    dragon, version = _Dragon(opts), opts.version or LOL_VERSION
+def _splash_names(dragon, version):
+    """(version, champions, every skin's splash name) from a mirror's JSON files."""
     champ_rel = f"cdn/{version}/data/{LOL_LOCALE}/champion.json"
-    if version == "latest" or not dragon.local(champ_rel).is_file():
+    if version == "latest" or not dragon.has(champ_rel):
         versions = dragon.json("api/versions.json", refresh=True)
         if version == "latest":
             version = versions[0]
@@ -298,8 +320,18 @@ def read_lol(opts):
     with ThreadPoolExecutor(8) as pool:
         per_champ = list(pool.map(lambda c: dragon.json(f"cdn/{version}/data/{LOL_LOCALE}/champion/{c['id']}.json"),
                                   champions))
-    splashes = [f"{c['id']}_{skin['num']}" for c, full in zip(champions, per_champ)
-                for skin in full["data"][c["id"]]["skins"]]
+    return version, champions, [f"{c['id']}_{skin['num']}" for c, full in zip(champions, per_champ)
+                                for skin in full["data"][c["id"]]["skins"]]
+
+
+def read_lol(opts):
+    """Every champion skin's splash art (1215x717 JPEG) of a Data Dragon version (`--version`)."""
+    dragon = _Dragon(opts)
+    try:
+        version, champions, splashes = _splash_names(dragon, opts.version or LOL_VERSION)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:  # a mirror's JSON is not Data Dragon's
+        raise PackError(f"Data Dragon: {dragon.base} does not have Data Dragon's layout ({type(e).__name__}: "
+                        f"{str(e)[:100]}); pass another --src") from None
 
     def get_splash(name):
         try:

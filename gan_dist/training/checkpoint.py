@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import load
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
+from gan_dist.budgets import MAX_STEP
 from gan_dist.training.ema import EMA_FILE, save_ema
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")  # used with fullmatch: "$" would let a newline through
 META = "gan.json"
 WEIGHT_FILES = {"G": "model.safetensors", "D": "model_1.safetensors"}  # order of prepare()
 
@@ -43,7 +44,7 @@ def list_checkpoints(output_dir):
     the last is the latest even when a resume from an older checkpoint wrote a lower step after a higher one."""
     root = Path(output_dir) / "checkpoints"
     found = [(_save_index(p), int(m.group(1)), p) for p in root.glob("checkpoint-*")
-             if (m := CHECKPOINT_RE.match(p.name)) and (p / META).is_file()]
+             if (m := CHECKPOINT_RE.fullmatch(p.name)) and (p / META).is_file()]
     return [(step, path) for _, step, path in sorted(found)]
 
 
@@ -72,18 +73,59 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be resumed from: damaged, not trusted, or not exactly restorable."""
 
 
-def read_meta(path):
-    """A checkpoint's gan.json as a dict (CheckpointError if it is not one)."""
+def _int_in(value, low, high=2**62):
+    return type(value) is int and low <= value <= high
+
+
+def _drift_ok(state):
+    history = state.get("history") if isinstance(state, dict) else None
+    return isinstance(history, dict) and all(
+        isinstance(streak, list) and len(streak) <= 10_000 and all(
+            isinstance(e, list) and len(e) == 2 and all(type(x) in (int, float) for x in e) for e in streak)
+        for streak in history.values())
+
+
+# what a resume reads from gan.json besides the step: (check, what it must be, required)
+RESUME_FIELDS = {"global_batch": (lambda v: _int_in(v, 1), "an integer >= 1", True),
+                 "skipped_samples": (lambda v: _int_in(v, 0), "an integer >= 0", False),
+                 "colour_drift": (_drift_ok, "a drift history", False),
+                 "wandb_run_id": (lambda v: v is None or isinstance(v, str) and len(v) < 256, "a run id", False)}
+
+
+def read_meta(path, resume=False):
+    """A checkpoint's gan.json as a dict, its fields checked (CheckpointError names the first that is wrong);
+    with `resume`, also the fields a resume reads."""
+    file = Path(path) / META
     try:
-        meta = json.loads((Path(path) / META).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{Path(path) / META} is malformed ({e.__class__.__name__}); "
-                              "use another checkpoint") from None
+        meta = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{file} is malformed ({e.__class__.__name__}); use another checkpoint") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("global_step"), int) \
             or not isinstance(meta.get("gan_config"), dict):
-        raise CheckpointError(f"{Path(path) / META} is malformed (no global_step or gan_config); "
-                              "use another checkpoint")
+        raise CheckpointError(f"{file} is malformed (no global_step or gan_config); use another checkpoint")
+    problems = [] if _int_in(meta["global_step"], 0, MAX_STEP) else [
+        f"global_step {meta['global_step']!r} is not an integer from 0 to {MAX_STEP:,}"]
+    for name, (ok, what, required) in RESUME_FIELDS.items() if resume else ():
+        if name in meta and not ok(meta[name]) or required and name not in meta:
+            problems.append(f"{name} {str(meta.get(name, 'missing'))[:60]} is not {what}")
+    if problems:
+        raise CheckpointError(f"{file} is malformed ({problems[0]}); use another checkpoint")
     return meta
+
+
+def _check_ema(path):
+    """Raise CheckpointError unless G_ema.safetensors (if there) is readable and has G's tensor names and shapes."""
+    shapes = {}
+    for name in (EMA_FILE, WEIGHT_FILES["G"]):
+        try:
+            with safe_open(str(Path(path) / name), "pt") as f:
+                shapes[name] = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except (SafetensorError, OSError) as e:
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            raise CheckpointError(f"{Path(path) / name} is damaged ({reason}); use another checkpoint") from None
+    if shapes[EMA_FILE] != shapes[WEIGHT_FILES["G"]]:
+        raise CheckpointError(f"{Path(path) / EMA_FILE} does not hold G's tensors (other names or shapes); "
+                              "resume from another checkpoint")
 
 
 def _check_random_states(path, rank):
@@ -120,6 +162,8 @@ def _untrusted(path, error):
 def load_checkpoint(accelerator, path):
     """accelerator.load_state(path), with every rank's RNG checked first and damage named (CheckpointError)."""
     _check_random_states(path, accelerator.process_index)
+    if (Path(path) / EMA_FILE).is_file():
+        _check_ema(path)
     try:
         accelerator.load_state(str(path))  # safetensors, and torch.load(weights_only=True) for the rest
     except pickle.UnpicklingError as e:

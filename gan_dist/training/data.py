@@ -13,7 +13,8 @@ scales them there.
 """
 import io
 import sys
-from itertools import islice
+from itertools import islice, repeat
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ import webdataset as wds
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from gan_dist.names import MANIFEST
+from gan_dist.packing.images import to_8bit
 from gan_dist.training.manifest import DataError
 from gan_dist.training.pngcheck import plain_png
 from gan_dist.training.preemption import ignore_stop_signals
@@ -67,6 +70,7 @@ def _decode(sample):
 def _pil_decode(data):
     """PNG bytes in a layout torchvision is not trusted with -> uint8 (C, H, W), greyscale or RGB."""
     with Image.open(io.BytesIO(data)) as img:
+        img = to_8bit(img)  # 16-bit and float by their range: convert("L") would clip them to 0 and 255
         if img.mode not in ("L", "RGB"):
             img = img.convert("RGB" if img.mode in ("P", "RGBA", "LA", "CMYK") else "L")
         arr = np.array(img)
@@ -181,7 +185,7 @@ def _checked_shard_samples(src, expected):
         if missing > 0:
             print(f"warning: shard {shard['url']} gave {n} of {n + missing} samples (truncated or damaged)",
                   file=sys.stderr)
-            yield from [None] * missing
+            yield from repeat(None, missing)  # lazily: a manifest's count is not an allocation
 
 
 class _WorkerShuffle(wds.detshuffle):
@@ -205,6 +209,21 @@ def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000, expected=No
         wds.pipelinefilter(_batches)(batch_size, *((_jpeg_or_none, _concat_jpegs) if encoded
                                                     else (_decode_or_none, _collate))),
     )
+
+
+def check_images(manifest, urls, data):
+    """Raise DataError unless the first readable image of the first shard has the manifest's size and channels
+    (a manifest from elsewhere may disagree with its images). Shards read through --shard_url are not opened here."""
+    want = (manifest["channels"], manifest["size"], manifest["size"])
+    for sample in islice(tar_samples([{"url": urls[0]}], handler=lambda exn: False), 16):
+        try:
+            got = tuple(decode_sample(sample).shape)
+        except Exception:  # a damaged image: the readers count it; try the next
+            continue
+        if got != want:
+            raise DataError(f"--data {data}: {MANIFEST} says {want[1]}x{want[2]}x{want[0]} images, but "
+                            f"{Path(urls[0]).name} holds {got[1]}x{got[2]}x{got[0]}; repack the directory")
+        break
 
 
 def _failure(exn):
@@ -291,6 +310,9 @@ def load_into_memory(urls, num_workers=0, expected=None):
             chunks.append(chunk)
     if not names:
         raise DataError(f"none of the {skipped} images in the shards could be decoded; repack the data")
+    if len({chunk.shape[1:] for chunk in chunks}) > 1:
+        raise DataError(f"the shards hold images of several shapes ({sorted({c.shape[1:] for c in chunks})}); "
+                        "repack the data")
     order = sorted(range(len(names)), key=names.__getitem__)  # the same order whatever the worker count
     return torch.cat(chunks)[torch.tensor(order)].contiguous(), skipped
 

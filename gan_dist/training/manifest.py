@@ -1,22 +1,26 @@
 """A pack's manifest.json, read as untrusted input: checked fields, plain shard names, verified shards.
 
 A manifest names its shards; those names become file paths (or, with --shard_url, parts of a
-URL or a shell command), so each must be a plain `*.tar` file name. Local shards are handed to
+URL or a shell command), so each must be a plain `*.tar` file name, named once, and a local
+shard must be a regular file in the pack directory itself (not a link). Its counts must fit
+the bytes there are: each sample takes at least one 512-byte tar header, and the shard's
+size, when the manifest records it, is compared before any hashing. Local shards are handed to
 WebDataset as `file://` URIs, which it only ever opens as files, and their sha256 is checked
 against the manifest once per pack: the result is cached by size and mtime in the pack
 directory (`.verified.json`), so later runs only stat the files.
 """
 import json
-import os
 import re
 import shlex
 from pathlib import Path
 
-from gan_dist.names import FORMATS, MANIFEST
+from gan_dist.budgets import MAX_PACK_SIZE, TAR_BLOCK
+from gan_dist.names import FORMATS, MANIFEST, SHARD_NAME
 from gan_dist.packing.download import sha256_file
+from gan_dist.safe_io import UnsafePath, plain_file, write_atomic
 
-SHARD_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*\.tar$")
 VERIFIED = ".verified.json"
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 class DataError(Exception):
@@ -33,20 +37,30 @@ def check_manifest(manifest, where):
         return DataError(f"{where}: {what}; repack the directory with `python -m gan_dist.shard`")
     if not isinstance(manifest, dict):
         raise bad("not a JSON object")
-    for key, low in (("count", 0), ("size", 1), ("channels", 1)):
-        if not _plain_int(manifest.get(key), low):
-            raise bad(f"{key!r} is {manifest.get(key)!r}, not an integer >= {low}")
-    if manifest.get("image_format", "png") not in FORMATS:
+    for key, low, high in (("count", 0, None), ("size", 1, MAX_PACK_SIZE), ("channels", 1, 3)):
+        value = manifest.get(key)
+        if not _plain_int(value, low) or high is not None and value > high:
+            raise bad(f"{key!r} is {value!r}, not an integer >= {low}" + (f" and <= {high}" if high else ""))
+    if not isinstance(manifest.get("image_format", "png"), str) or manifest.get("image_format", "png") not in FORMATS:
         raise bad(f"image_format {manifest['image_format']!r} is not one of {', '.join(FORMATS)}")
     shards = manifest.get("shards")
     if not isinstance(shards, list):
         raise bad("no 'shards' list")
+    names = set()
     for shard in shards:
         name = shard.get("file") if isinstance(shard, dict) else None
-        if not isinstance(name, str) or not SHARD_NAME.match(name) or ".." in name:
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name) or ".." in name:
             raise bad(f"shard name {name!r} is not a plain file name ending in .tar")
+        if name in names:
+            raise bad(f"shard {name} is listed twice (its images would count twice)")
+        names.add(name)
         if not _plain_int(shard.get("count"), 0):
             raise bad(f"shard {name} has count {shard.get('count')!r}, not an integer >= 0")
+        size = shard.get("bytes")
+        if size is not None and not _plain_int(size, 0):
+            raise bad(f"shard {name} has bytes {size!r}, not an integer >= 0")
+        if size is not None and shard["count"] * TAR_BLOCK > size:
+            raise bad(f"shard {name} claims {shard['count']} images in {size} bytes, more than a tar that size holds")
         digest = shard.get("sha256")
         if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
             raise bad(f"shard {name} has a malformed sha256")
@@ -54,14 +68,27 @@ def check_manifest(manifest, where):
         raise bad(f"count {manifest['count']} is not the sum of the shard counts")
 
 
+def _pack_file(root, name, data):
+    """root/name, a regular file inside the pack directory (DataError for a link or a device)."""
+    try:
+        return plain_file(root, name, "pack file")
+    except UnsafePath as e:
+        raise DataError(f"--data {data}: {e}") from None
+
+
 def read_manifest(root, data):
     """The checked manifest of pack directory `root` (`data` is how the user named it)."""
-    path = root / MANIFEST
+    path = _pack_file(root, MANIFEST, data)
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise DataError(f"--data {data}: {MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a pack's "
+                        "manifest")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"--data {data}: {MANIFEST} is not valid JSON ({e.__class__.__name__} "
                         f"at byte {getattr(e, 'pos', getattr(e, 'start', '?'))}); repack the directory") from None
+    except RecursionError:
+        raise DataError(f"--data {data}: {MANIFEST} is nested too deeply; repack the directory") from None
     check_manifest(manifest, f"--data {data}: {MANIFEST}")
     return manifest
 
@@ -75,12 +102,10 @@ def _load_verified(root):
 
 
 def _save_verified(root, verified):
-    tmp = root / f"{VERIFIED}.{os.getpid()}.partial"
     try:
-        tmp.write_text(json.dumps(verified))
-        os.replace(tmp, root / VERIFIED)
+        write_atomic(root / VERIFIED, json.dumps(verified))
     except OSError:  # a read-only pack: verified again next time
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 def verify_shards(root, shards, data):
@@ -92,7 +117,10 @@ def verify_shards(root, shards, data):
         if expected is None:
             raise DataError(f"--data {data}: {MANIFEST} has no sha256 for {name}; repack the directory "
                             "(or pass --skip_verify to read the shards unchecked)")
-        st = (root / name).stat()
+        st = _pack_file(root, name, data).stat()
+        if shard.get("bytes") is not None and st.st_size != shard["bytes"]:
+            raise DataError(f"--data {data}: shard {name} is {st.st_size} bytes, not the {shard['bytes']} of "
+                            f"{MANIFEST} (damaged or replaced); repack the directory")
         stamp = [st.st_size, st.st_mtime_ns, expected]
         if verified.get(name) == stamp:
             continue
@@ -112,11 +140,17 @@ def shard_urls(root, shards, shard_url, data):
             raise DataError(f"--shard_url {shard_url!r} has no {{file}} placeholder for the shard names")
         quote = shlex.quote if shard_url.startswith("pipe:") else str
         return [shard_url.replace("{file}", quote(s["file"])) for s in shards]
-    paths = [(root / s["file"]).absolute() for s in shards]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise DataError(f"--data {data}: {len(missing)} shard(s) named in {MANIFEST} are missing, "
-                        f"e.g. {missing[0]}; repack the directory, or pass --shard_url if they live elsewhere")
+    paths = []
+    for shard in shards:
+        try:
+            path = _pack_file(root, shard["file"], data).absolute()
+        except FileNotFoundError:
+            raise DataError(f"--data {data}: shard(s) named in {MANIFEST} are missing, e.g. {root / shard['file']}; "
+                            "repack the directory, or pass --shard_url if they live elsewhere") from None
+        if shard["count"] * TAR_BLOCK > path.stat().st_size:
+            raise DataError(f"--data {data}: {MANIFEST} claims {shard['count']} images in {shard['file']}, more than "
+                            f"its {path.stat().st_size} bytes can hold; repack the directory")
+        paths.append(path)
     return [p.as_uri() for p in paths]
 
 
@@ -134,7 +168,7 @@ def load_manifest(data, shard_url=None, verify=True):
     if not root.is_dir():
         raise DataError(f"--data {data}: no such directory; pack one with "
                         f"`python -m gan_dist.shard SOURCE --out {data}` (or `make shards-demo`)")
-    if not (root / MANIFEST).is_file():
+    if not (root / MANIFEST).exists():
         raise DataError(f"--data {data}: no {MANIFEST} (not a finished pack); (re)run "
                         f"`python -m gan_dist.shard SOURCE --out {data}`")
     manifest = read_manifest(root, data)

@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 
+from gan_dist.budgets import BYTES_PER_PARAM, MAX_PARAMS, MAX_SEED, BudgetError, check_params
 from gan_dist.networks.augment import parse_policy
 from gan_dist.networks.losses import LOSSES
 from gan_dist.networks.models import ARCHS, GANConfig
@@ -199,19 +200,28 @@ def parse_args(argv=None):
     p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint-STEP directory or 'latest'")
     p.add_argument("--max_skip_fraction", type=float, default=0.01,
                    help="stop when more than this fraction of samples read could not be decoded")
+    p.add_argument("--max_params", type=int, default=MAX_PARAMS,
+                   help="refuse networks above this many parameters each (counted before anything is allocated; "
+                        f"about {BYTES_PER_PARAM} bytes per parameter to train); raise it for a bigger model")
     config = p.parse_known_args(argv)[0].config
     if config is not None:
         try:
             apply_config(p, config)
         except ValueError as e:
             p.error(str(e))
-    args = resolve_preset(p.parse_args(argv))
+    args = p.parse_args(argv)
     if args.data is None:
         p.error("--data is required (on the command line or in --config)")
     for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples",
-                 "fid_samples", "colour_samples", "reg_every"):
+                 "fid_samples", "colour_samples", "reg_every", "max_params"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name, most in (("n_samples", 1024), ("colour_samples", 10_000), ("fid_samples", 1_000_000)):
+        if getattr(args, name) > most:  # each is drawn as one tensor of latents
+            p.error(f"--{name} must be at most {most:,}, got {getattr(args, name):,}")
+    if not 0 <= args.seed <= MAX_SEED:
+        p.error(f"--seed must be from 0 to {MAX_SEED} (numpy's seeds are 32-bit), got {args.seed}")
+    resolve_preset(args)
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
@@ -231,11 +241,11 @@ def parse_args(argv=None):
     if args.cpu and args.ddp_backend == "nccl":
         p.error("--ddp_backend nccl needs CUDA devices and --cpu trains on the CPU; "
                 "use --ddp_backend gloo or drop --cpu")
-    if args.schedule_kimg is not None and not args.schedule_kimg > 0:
-        p.error(f"--schedule_kimg must be > 0, got {args.schedule_kimg}")
+    if args.schedule_kimg is not None and not 0 < args.schedule_kimg < math.inf:
+        p.error(f"--schedule_kimg must be > 0 and finite, got {args.schedule_kimg}")
     for name in ("r1_gamma", "r2_gamma", "ema_kimg", "lr_end_ratio", "gamma_end_ratio"):
-        if not getattr(args, name) >= 0:
-            p.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+        if not 0 <= getattr(args, name) < math.inf:  # NaN and inf would surface later as a "lower --lr" error
+            p.error(f"--{name} must be >= 0 and finite, got {getattr(args, name)}")
     for name in ("betas_g", "betas_d"):
         if not all(0 <= b < 1 for b in getattr(args, name)):
             p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
@@ -246,11 +256,14 @@ def parse_args(argv=None):
     if args.mbstd_group > 0 and per_d > args.mbstd_group and per_d % args.mbstd_group:
         p.error(f"--batch_size {args.batch_size} gives D {per_d} inputs a step, which do not split into groups of "
                 f"--mbstd_group {args.mbstd_group}; use a batch (over --pacgan) that is a multiple of it")
-    if args.ema_rampup is not None and args.ema_rampup <= 0:
-        p.error(f"--ema_rampup must be > 0, got {args.ema_rampup}")
+    if args.ema_rampup is not None and not 0 < args.ema_rampup < math.inf:
+        p.error(f"--ema_rampup must be > 0 and finite, got {args.ema_rampup}")
     try:
-        gan_config(args)
+        config = gan_config(args)
         parse_policy(args.diffaug)
+        check_params(config, args.max_params, both=True)  # on the meta device, before anything is allocated
+    except BudgetError as e:
+        p.error(f"{e}; pass a larger --max_params if you mean it")
     except ValueError as e:
         p.error(str(e))
     return args

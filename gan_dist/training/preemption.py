@@ -19,6 +19,7 @@ import psutil
 import torch
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: "stopped on request", what schedulers expect; resume with 'latest'
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: a second Ctrl-C
 REPEAT_S = 2.0  # a SIGTERM this long after the first means "now"
 
 
@@ -44,7 +45,7 @@ class StopSignal:
 
     def _handle(self, signum, frame):
         if self.received == "SIGINT" and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: the user wants out now
+            exit_now("a second Ctrl-C", EXIT_INTERRUPTED)  # the user wants out now, even mid-checkpoint
         self.received = signal.Signals(signum).name
 
     def _watchdog(self, receive):
@@ -79,9 +80,9 @@ class StopSignal:
         return stop
 
 
-def exit_now(why):
-    """Leave at once (no checkpoint; the last one is kept), ending this process's loader workers and the
-    commands they run (`pipe:` shards) first."""
+def exit_now(why, code=EXIT_PREEMPTED):
+    """Leave at once with `code` (no checkpoint; the last one is kept, a half-written one is removed on the next
+    start), ending this process's loader workers and the commands they run (`pipe:` shards) first."""
     print(f"stopping now on {why}; the last checkpoint is kept: continue with --resume_from_checkpoint latest",
           file=sys.stderr, flush=True)
     for child in psutil.Process().children(recursive=True):
@@ -89,7 +90,7 @@ def exit_now(why):
             child.kill()
         except psutil.Error:  # already gone
             pass
-    os._exit(EXIT_PREEMPTED)
+    os._exit(code)
 
 
 def ignore_stop_signals(_worker_id=None):

@@ -1,5 +1,4 @@
 """Everything a training run needs before its first step, checked and built in one call: `setup(args) -> Run`."""
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from gan_dist.evaluation.colour import DriftTracker, colour_stats
 from gan_dist.networks.augment import diff_augment, parse_policy
 from gan_dist.networks.models import build_models, count_params
 from gan_dist.training.checkpoint import load_checkpoint, read_meta, remove_partials, resolve_resume
-from gan_dist.training.data import first_batch, to_device_float
+from gan_dist.training.data import check_images, first_batch, to_device_float
 from gan_dist.training.ddp import check_launch, convert_sync_bn, ddp_kwargs, process_group_kwargs
 from gan_dist.training.ema import load_ema, make_ema
 from gan_dist.training.manifest import check_batch, check_matches, load_manifest
@@ -22,6 +21,7 @@ from gan_dist.training.options import gan_config as config_of
 from gan_dist.training.preemption import StopSignal
 from gan_dist.training.progress import Progress
 from gan_dist.training.reals import RealData, real_data
+from gan_dist.training.rundir import check_run_dir, write_args
 from gan_dist.training.runlog import TRAIN_LOG
 from gan_dist.training.step import GANStep, adam, compile_available
 from gan_dist.training.tracking import MetricsLog, init_trackers, log_grid, tracker_names
@@ -80,6 +80,7 @@ def check_output_dir(output_dir, resume_from):
         tempfile.TemporaryFile(dir=output_dir).close()
     except OSError as e:
         raise UsageError(f"--output_dir {output_dir} is not writable ({e.strerror}); pass a directory you can write")
+    check_run_dir(output_dir)
     if resume_from is None and any((output_dir / n).exists() for n in (TRAIN_LOG, "checkpoints")):
         raise UsageError(f"--output_dir {output_dir} already holds a run; continue it with "
                          "--resume_from_checkpoint latest, or pass a new --output_dir")
@@ -88,7 +89,7 @@ def check_output_dir(output_dir, resume_from):
 def read_resume_point(args, output_dir, gan_config):
     """The checkpoint to resume from and its metadata ({} when starting fresh), checked against this run."""
     resume_dir = resolve_resume(args.resume_from_checkpoint, output_dir)
-    meta = read_meta(resume_dir) if resume_dir is not None else {}
+    meta = read_meta(resume_dir, resume=True) if resume_dir is not None else {}
     if meta and meta["gan_config"] != gan_config.to_dict():
         raise UsageError(f"checkpoint {resume_dir} was made for {meta['gan_config']}, not {gan_config.to_dict()}; "
                          "resume with the same --arch/--img_size/--channels/--latent_dim or use a new --output_dir")
@@ -118,6 +119,8 @@ def setup(args):
     """Check the data, run directory and resume point, then build the processes, networks, data and outputs."""
     # ---- checks before any process group starts
     manifest, urls = load_manifest(args.data, args.shard_url, verify=not args.skip_verify)
+    if not args.shard_url:
+        check_images(manifest, urls, args.data)
     check_matches(manifest, args.img_size, args.channels, args.data, jpeg=args.decode_on_device)
     gan_config = config_of(args)
     output_dir = Path(args.output_dir)
@@ -131,7 +134,7 @@ def setup(args):
     stopper = StopSignal(acc)
     if acc.is_main_process:
         DirectoryLock(output_dir, "gan_dist.train")  # one trainer per run directory, until this process exits
-        (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        write_args(output_dir, vars(args))
         remove_partials(output_dir)
 
     # ---- networks and optimizers

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
+from gan_dist.safe_io import write_atomic
+from gan_dist.training.rundir import save_png
 from gan_dist.training.runlog import append_row, log_path
 
 TRACKERS = ("wandb", "tensorboard")
@@ -73,9 +75,7 @@ def init_trackers(accelerator, project_name, config, output_dir, checkpoint_run_
                 tracker.run.define_metric("kimg")
                 tracker.run.define_metric("*", step_metric="kimg")
                 run_id = tracker.run.id
-                tmp = Path(output_dir) / f".{WANDB_RUN_ID_FILE}.partial"
-                tmp.write_text(run_id + "\n")
-                os.replace(tmp, Path(output_dir) / WANDB_RUN_ID_FILE)
+                write_atomic(Path(output_dir) / WANDB_RUN_ID_FILE, run_id + "\n")
                 return run_id
     except Exception as e:  # a dashboard must never cost the run
         accelerator.print(f"warning: could not start trackers {accelerator.log_with} ({e!r}); "
@@ -118,7 +118,7 @@ class MetricsLog:
         except Exception as e:
             self.accelerator.print(f"warning: trackers could not log step {step}: {e!r}")
         if self.accelerator.is_main_process:
-            append_row(self.path, step, row)
+            append_row(self.path, step, row, self.accelerator.print)
 
 
 def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5):
@@ -128,7 +128,7 @@ def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5):
     grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
     path = Path(output_dir) / "samples" / f"{key}_{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
+    save_png(lambda f: save_image(grid, f, format="png"), path, accelerator.print)
     hwc = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # W&B needs uint8
     for tracker in accelerator.trackers:
         try:

@@ -1,0 +1,59 @@
+"""Budgets for sizes that come from outside: checked before anything of that size is allocated.
+
+Counts, dimensions, member sizes, parameter counts: a few bytes of a manifest, a config or a
+checkpoint can ask for terabytes. Each limit here sits far above what a real run needs; the
+packer imports this module too, so torch is only imported where networks are counted.
+"""
+MAX_PACK_SIZE = 4096  # shard --size: a 4096^2 RGB image is 48 MiB before encoding
+IN_FLIGHT_BYTES = 128 << 20  # source bytes the packer holds per chunk of work
+ARCHIVE_RATIO = 64  # an archive's members may inflate to this many times its size (+ ARCHIVE_SLACK) in all
+ARCHIVE_SLACK = 256 << 20
+TAR_BLOCK = 512  # every sample in a tar shard takes at least one header block
+MAX_PARAMS = 500_000_000  # 2 GB of float32 per network: far above any G or D this repo trains
+BYTES_PER_PARAM = 20  # training: weights, gradients and two Adam moments (16), plus G_ema
+MAX_SAMPLE_BYTES = 4 << 30  # images and latents a sampling command holds in memory
+MAX_STEP = 10**9  # a checkpoint's step: no real run gets near it
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+class BudgetError(ValueError):
+    """A size from outside above its budget; the message names it and the limit."""
+
+
+def archive_budget(archive_bytes):
+    """Bytes the members of an archive of `archive_bytes` may inflate to, all together."""
+    return ARCHIVE_RATIO * archive_bytes + ARCHIVE_SLACK
+
+
+def network_params(gan_config):
+    """(G's parameters, D's), counted on the meta device: nothing is allocated."""
+    import torch
+
+    from gan_dist.networks.models import build_models, count_params
+    with torch.device("meta"):
+        G, D = build_models(gan_config)
+    return count_params(G), count_params(D)
+
+
+def check_params(gan_config, limit=MAX_PARAMS, where="", both=False):
+    """Raise BudgetError if G (or, with `both`, G or D) would have more than `limit` parameters.
+    Returns (G's parameters, D's)."""
+    n_G, n_D = network_params(gan_config)
+    biggest = max(n_G, n_D) if both else n_G
+    if biggest > limit:
+        nets = f"G {n_G:,} and D {n_D:,} parameters" if both else f"G {n_G:,} parameters"
+        memory = f", about {BYTES_PER_PARAM * (n_G + n_D) / 1e9:,.0f} GB to train" if both else ""
+        raise BudgetError(f"{where}this network would have {nets}{memory}, above the budget of {limit:,} "
+                          "parameters per network; refusing to build it")
+    return n_G, n_D
+
+
+def check_sample_bytes(n_images, latent_dim, gan_config, what):
+    """Raise BudgetError if n_images images of gan_config (and their latents), as float32, pass MAX_SAMPLE_BYTES."""
+    pixels = gan_config.channels * gan_config.img_size ** 2
+    need = 4 * n_images * (latent_dim + pixels)
+    if need > MAX_SAMPLE_BYTES:
+        fits = MAX_SAMPLE_BYTES // (4 * (latent_dim + pixels))
+        raise BudgetError(f"{what} {n_images:,} images of {gan_config.img_size}x{gan_config.img_size}x"
+                          f"{gan_config.channels} would take {need / 2**30:,.1f} GiB in memory; at most {fits:,} "
+                          "fit: draw them in several runs with different --seed")

@@ -13,7 +13,8 @@ from PIL import Image
 
 from benchmarks.quality import samples
 from gan_dist.evaluation.digits import channel_features, copy_report, fit_judge, mode_report
-from gan_dist.packing.sources import SourceOptions, read_stacked_digits
+from gan_dist.packing.items import SourceOptions
+from gan_dist.packing.sources import read_stacked_digits
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_dist.packing.shard import MANIFEST, pack
+from gan_dist.names import MANIFEST
+from gan_dist.packing.shard import pack
 from gan_dist.training.data import epoch_batches, load_into_memory, memory_epoch_batches, to_device_float
 from gan_dist.training.manifest import DataError, check_matches, load_manifest
 

@@ -11,7 +11,8 @@ from test_sources import images
 
 datasets = pytest.importorskip("datasets", reason="the hf extra is not installed: pip install '.[hf]'")
 
-from gan_dist.packing.shard import PackError, pack  # noqa: E402
+from gan_dist.packing.items import PackError  # noqa: E402
+from gan_dist.packing.shard import pack  # noqa: E402
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 

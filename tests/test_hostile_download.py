@@ -7,7 +7,8 @@ from conftest import call_main
 from http_fixtures import FileServer, ddragon_files
 
 from gan_dist.packing import download
-from gan_dist.packing.shard import PackError, main, pack
+from gan_dist.packing.items import PackError
+from gan_dist.packing.shard import main, pack
 
 ESCAPE = "../" * 7 + "escaped"  # from cache/ddragon-xxxx/cdn/16.1.1/data/en_US/champion/ up to tmp_path
 

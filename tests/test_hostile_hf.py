@@ -13,7 +13,8 @@ datasets = pytest.importorskip("datasets", reason="the hf extra is not installed
 
 from test_hf_source import OFFLINE, offline  # noqa: E402, F401 (offline: an autouse fixture)
 
-from gan_dist.packing.shard import PackError, pack  # noqa: E402
+from gan_dist.packing.items import PackError  # noqa: E402
+from gan_dist.packing.shard import pack  # noqa: E402
 
 
 def png(seed):

@@ -10,7 +10,9 @@ from conftest import ROOT, run_module, write_images
 from PIL import Image
 
 from gan_dist.dirlock import DirectoryLock
-from gan_dist.packing.shard import MANIFEST, PackError, main, pack
+from gan_dist.names import MANIFEST
+from gan_dist.packing.items import PackError
+from gan_dist.packing.shard import main, pack
 from gan_dist.training.data import decode_sample
 
 
@@ -44,7 +46,7 @@ def test_manifest_checksums_match_and_packing_is_deterministic(tmp_path):
     first = pack("folder", tmp_path / "one", src=tmp_path / "src", size=8, channels=3, shard_size=5, workers=2)
     second = pack("folder", tmp_path / "two", src=tmp_path / "src", size=8, channels=3, shard_size=5)
     assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
-    from gan_dist.packing.shard import sha256_file
+    from gan_dist.packing.download import sha256_file
     for s in first["shards"]:
         assert sha256_file(tmp_path / "one" / s["file"]) == s["sha256"]
         with tarfile.open(tmp_path / "one" / s["file"]) as tar:

@@ -17,7 +17,9 @@ from http_fixtures import (
 )
 from PIL import Image
 
-from gan_dist.packing.shard import MANIFEST, PackError, main, pack
+from gan_dist.names import MANIFEST
+from gan_dist.packing.items import PackError
+from gan_dist.packing.shard import main, pack
 from gan_dist.packing.sources import SOURCES, read_folder
 from gan_dist.training.data import decode_sample
 

@@ -14,7 +14,7 @@ outside it is refused before `datasets` opens them.
 import json
 from pathlib import Path
 
-from gan_dist.packing.sources import Item, PackError, Skip, Source
+from gan_dist.packing.items import Item, PackError, Skip, Source
 from gan_dist.safe_io import UnsafePath, confined, regular_file
 
 SAVED_MARKERS = ("state.json", "dataset_dict.json")  # save_to_disk writes one of them

@@ -31,15 +31,8 @@ from gan_dist.dirlock import DirectoryBusy, DirectoryLock
 from gan_dist.names import FORMATS, MANIFEST, SHARD_NAME, SHARD_PATTERN, cores
 from gan_dist.packing.download import sha256_file
 from gan_dist.packing.images import encode_image
-from gan_dist.packing.sources import (  # noqa: F401
-    DEFAULTS,
-    IMAGE_SUFFIXES,
-    SOURCES,
-    Item,
-    PackError,
-    Skip,
-    SourceOptions,
-)
+from gan_dist.packing.items import Item, PackError, Skip, SourceOptions
+from gan_dist.packing.sources import DEFAULTS, IMAGE_SUFFIXES, SOURCES
 from gan_dist.safe_io import UnsafePath, open_new, write_atomic
 
 MANIFEST_VERSION = 2

@@ -13,15 +13,14 @@ import tarfile
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
 from gan_dist.budgets import archive_budget
 from gan_dist.packing import download
+from gan_dist.packing.items import Item, PackError, Skip, Source
 from gan_dist.safe_io import UnsafePath, confined
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -39,40 +38,6 @@ LOL_VERSION = "16.1.1"
 LOL_LOCALE = "en_US"
 RIOT_NOTICE = ("League of Legends images are Riot Games IP, used under Riot's 'Legal Jibber Jabber' "
                "policy: non-commercial use only; do not redistribute the images or these shards.")
-
-
-class PackError(Exception):
-    """A problem with the input or options that the user has to fix."""
-
-
-class Item(NamedTuple):
-    name: str
-    image: object
-    label: int | None = None
-
-
-class Skip(NamedTuple):
-    name: str
-    reason: str  # "unreadable", "unsafe_path", "download_failed"
-
-
-@dataclass
-class SourceOptions:
-    src: str | None = None
-    sha256: str | None = None  # None: the published digest; "none": accept any content
-    cache_dir: str | None = None
-    version: str | None = None
-    retries: int = 5
-    progress: bool = False
-    dataset: str | None = None  # hf: a Hub dataset name or a local path
-    split: str = "train"
-    image_column: str | None = None  # None: the dataset's only image column
-
-
-@dataclass
-class Source:
-    items: Iterable
-    info: dict
 
 
 def _digest(opts, published):
@@ -253,7 +218,7 @@ def read_anime(opts):
 
 def read_hf(opts):
     """A split of a Hugging Face dataset (`--dataset`, `--split`, `--image_column`); needs `datasets`."""
-    from gan_dist.packing.hf_datasets import read_hf as read  # here: that module imports this one
+    from gan_dist.packing.hf_datasets import read_hf as read  # here: it needs the `datasets` package
     return read(opts)
 
 

@@ -146,7 +146,9 @@ class GANStep:
         self.opt_G.zero_grad(set_to_none=True)
         losses = []
         for i, (real_img, gen_z, gen_img) in enumerate(micro_batches):
-            with self._sync_unless_last(self.G, i):
+            # D under no_sync as well: a forward of a DDP D outside it arms D's reducer, which would then
+            # all-reduce in the next step's first micro-batch, under no_sync or not
+            with self._sync_unless_last(self.G, i), self.accelerator.no_sync(self.D):
                 with self.accelerator.autocast():
                     if gen_img is None:
                         gen_img = self.G(gen_z)

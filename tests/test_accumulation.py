@@ -51,6 +51,15 @@ def test_a_batch_that_does_not_split_is_refused_by_name(argv, message, capsys):
     assert "error:" in err and message in err, err
 
 
+def test_help_says_where_accumulation_is_not_exact_and_why(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("Exact for the norm-free resnet", "not for BatchNorm (--arch mlp, dcgan: statistics of a "
+                  "micro-batch are not the batch's)", "minibatch std (its groups are drawn from a micro-batch)"):
+        assert words in text
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_one_process_32_x_2_equals_one_batch_of_64(fresh_state, case):
     """The norm-free resnet: D's and G's gradients and weights after each step, to float tolerance."""

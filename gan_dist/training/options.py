@@ -244,7 +244,8 @@ def parse_args(argv=None):
                         "drawn from a micro-batch), nor --diffaug (transforms drawn per micro-batch)")
     p.add_argument("--batch_gpu", type=int, default=None,
                    help="most images per forward and backward (the per-GPU batch, as in StyleGAN2-ADA): a "
-                        "--batch_size above it is accumulated in micro-batches of this size, which must divide it")
+                        "--batch_size above it is accumulated in micro-batches of this size, which must divide it "
+                        "(exact where --gradient_accumulation_steps says)")
     p.add_argument("--sync_bn", action="store_true", help="BatchNorm statistics over the global batch (CUDA)")
     p.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP gradient bucket size in MiB")
     p.add_argument("--ddp_backend", choices=("nccl", "gloo"), default=None,

@@ -5,8 +5,10 @@
     accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 gan_dist/train.py --data shards/lfw
     torchrun --standalone --nproc_per_node 2 gan_dist/train.py --cpu --data shards/digits --img_size 32 --channels 1
 
-`--batch_size` is per process; the global batch is batch_size x processes. The run
-directory (--output_dir) gets args.json, metrics.jsonl, samples/ and checkpoints/.
+`--batch_size` is per process per optimizer step; the global batch is batch_size x processes.
+`--batch_gpu B` (or `--gradient_accumulation_steps N`) splits it into micro-batches of B images,
+accumulated before each step. The run directory (--output_dir) gets args.json, metrics.jsonl,
+samples/ and checkpoints/.
 """
 import sys
 import time

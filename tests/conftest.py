@@ -21,6 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture
+def fresh_state():
+    """No Accelerator state left over from another test, before or after this one."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def write_images(folder, n, size=16, mode="RGB", seed=0):
     """n random images as PNG under folder/a and folder/b; returns the arrays in sorted-path order."""
     rng = np.random.default_rng(seed)

@@ -8,7 +8,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
-from accelerate.state import AcceleratorState
 from conftest import ROOT, finish, launch
 
 from gan_dist.networks.losses import d_loss, g_loss, gradient_penalty
@@ -103,13 +102,6 @@ def test_penalised_d_gradients_under_two_gloo_ranks_equal_one_process(pack):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stdout.count("penalised D gradients match one process") == 2, r.stdout
     assert "Grad strides do not match" not in r.stderr  # channels-last with the depthwise 4x4 of D
-
-
-@pytest.fixture
-def fresh_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def small_resnet(accelerator):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-IGNORED = {"config"}  # a run's args.json names the file it was read from
+# a run's args.json names the file it was read from, and records how its batch split (derived, not an option)
+IGNORED = {"config", "batch_split"}
 MAX_BYTES = 1 << 20
 
 

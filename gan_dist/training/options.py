@@ -8,6 +8,7 @@ a ramp-up). Those options default to None here, so an explicit flag always wins.
 import argparse
 import math
 import os
+from typing import NamedTuple
 
 from gan_dist.budgets import BYTES_PER_PARAM, MAX_PARAMS, MAX_SEED, BudgetError, check_params
 from gan_dist.networks.augment import parse_policy
@@ -69,6 +70,56 @@ def resolve_preset(args):
     return args
 
 
+class BatchSplit(NamedTuple):
+    """How one optimizer step's images divide: micro-batches per process, processes."""
+    micro_batch: int  # images in one forward/backward (the per-GPU batch)
+    accumulation: int  # micro-batches per process per optimizer step
+    processes: int
+
+    @property
+    def per_process(self):  # --batch_size
+        return self.micro_batch * self.accumulation
+
+    @property
+    def global_batch(self):
+        return self.per_process * self.processes
+
+    def to_dict(self):
+        return {"global_batch": self.global_batch, "per_process": self.per_process, "micro_batch": self.micro_batch,
+                "gradient_accumulation_steps": self.accumulation, "processes": self.processes}
+
+    def __str__(self):
+        procs = f"{self.processes} process{'es' if self.processes > 1 else ''}"
+        if self.accumulation == 1:
+            return f"batch {self.per_process} per process, global {self.global_batch} ({self.per_process} x {procs})"
+        return (f"batch {self.per_process} per process in {self.accumulation} micro-batches of {self.micro_batch} "
+                f"(gradient accumulation), global {self.global_batch} ({self.micro_batch} x {self.accumulation} "
+                f"micro-batches x {procs})")
+
+
+def split_batch(batch_size, accumulation=None, batch_gpu=None):
+    """(micro-batch, accumulation steps) for --batch_size, --gradient_accumulation_steps and --batch_gpu (None =
+    not given); ValueError naming the flags when the batch does not split into equal micro-batches."""
+    for name, value in (("gradient_accumulation_steps", accumulation), ("batch_gpu", batch_gpu)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+    if accumulation is None:
+        if batch_gpu is None or batch_gpu >= batch_size:
+            return batch_size, 1
+        if batch_size % batch_gpu:
+            raise ValueError(f"--batch_size {batch_size} does not split into micro-batches of --batch_gpu "
+                             f"{batch_gpu}; use a --batch_gpu that divides it")
+        return batch_gpu, batch_size // batch_gpu
+    if batch_size % accumulation:
+        raise ValueError(f"--batch_size {batch_size} does not split into --gradient_accumulation_steps "
+                         f"{accumulation} equal micro-batches; use a --batch_size that is a multiple of it")
+    micro = batch_size // accumulation
+    if batch_gpu is not None and micro > batch_gpu:
+        raise ValueError(f"--gradient_accumulation_steps {accumulation} gives micro-batches of {micro}, above "
+                         f"--batch_gpu {batch_gpu}; give one of the two")
+    return micro, accumulation
+
+
 def gan_config(args):
     """The networks' configuration (GANConfig) these options ask for."""
     return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
@@ -84,7 +135,9 @@ def parse_args(argv=None):
                    help="the recipe for the options marked 'default from --preset' (explicit flags win)")
     # the vanilla recipe's hyper-parameters (PyTorch-GAN's gan.py), names and defaults
     p.add_argument("--n_epochs", type=int, default=50, help="passes over the dataset at the global batch")
-    p.add_argument("--batch_size", type=int, default=64, help="images per process per step")
+    p.add_argument("--batch_size", type=int, default=64,
+                   help="images per process per optimizer step, whatever the accumulation: the global batch is "
+                        "batch_size x processes")
     p.add_argument("--lr", type=float, default=None, help=preset_help("lr", "Adam learning rate (G and D)"))
     p.add_argument("--b1", type=float, default=None, help=preset_help("b1", "Adam beta1"))
     p.add_argument("--b2", type=float, default=None, help=preset_help("b2", "Adam beta2"))
@@ -127,7 +180,8 @@ def parse_args(argv=None):
                         "--batch_size must be a multiple")
     p.add_argument("--mbstd_group", type=int, default=0,
                    help="resnet: D also sees the std of its 4x4 features over groups of this many inputs "
-                        "(StyleGAN's minibatch std; 0 = off); the batch per process over --pacgan must be a multiple")
+                        "(StyleGAN's minibatch std; 0 = off); the (micro-)batch per process over --pacgan must be a "
+                        "multiple")
     p.add_argument("--loss", choices=LOSSES, default=None,
                    help=preset_help("loss", "bce: the vanilla BCE; hinge; rpgan: relativistic pairing"))
     p.add_argument("--r1_gamma", type=float, default=None,
@@ -182,7 +236,17 @@ def parse_args(argv=None):
     p.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=True,
                    help="let cuDNN time its algorithms for each shape (--no-cudnn_benchmark for repeatable "
                         "algorithm choices)")
-    # data parallelism
+    # data parallelism and gradient accumulation
+    p.add_argument("--gradient_accumulation_steps", type=int, default=None,
+                   help="split each process's --batch_size into this many equal micro-batches, one forward and "
+                        "backward each, and step the optimizers once (default 1, or from --batch_gpu). Exact for "
+                        "the norm-free resnet without --mbstd_group; not for BatchNorm (--arch mlp, dcgan: "
+                        "statistics of a micro-batch are not the batch's), nor the minibatch std (its groups are "
+                        "drawn from a micro-batch), nor --diffaug (transforms drawn per micro-batch)")
+    p.add_argument("--batch_gpu", type=int, default=None,
+                   help="most images per forward and backward (the per-GPU batch, as in StyleGAN2-ADA): a "
+                        "--batch_size above it is accumulated in micro-batches of this size, which must divide it "
+                        "(exact where --gradient_accumulation_steps says)")
     p.add_argument("--sync_bn", action="store_true", help="BatchNorm statistics over the global batch (CUDA)")
     p.add_argument("--ddp_bucket_cap_mb", type=int, default=25, help="DDP gradient bucket size in MiB")
     p.add_argument("--ddp_backend", choices=("nccl", "gloo"), default=None,
@@ -249,12 +313,17 @@ def parse_args(argv=None):
     for name in ("betas_g", "betas_d"):
         if not all(0 <= b < 1 for b in getattr(args, name)):
             p.error(f"Adam betas must lie in [0, 1), got {name} {getattr(args, name)} (from --{name} or --b1/--b2)")
-    if args.pacgan >= 1 and args.batch_size % args.pacgan:
-        p.error(f"--batch_size {args.batch_size} does not split into groups of --pacgan {args.pacgan}; "
-                "use a multiple of it")
-    per_d = args.batch_size // max(1, args.pacgan)
+    try:
+        micro, accumulation = split_batch(args.batch_size, args.gradient_accumulation_steps, args.batch_gpu)
+    except ValueError as e:
+        p.error(str(e))
+    batch = f"--batch_size {args.batch_size}" + (f" (micro-batches of {micro})" if accumulation > 1 else "")
+    if args.pacgan >= 1 and micro % args.pacgan:
+        p.error(f"{batch} does not split into groups of --pacgan {args.pacgan}; use a multiple of it")
+    per_d = micro // max(1, args.pacgan)
     if args.mbstd_group > 0 and per_d > args.mbstd_group and per_d % args.mbstd_group:
-        p.error(f"--batch_size {args.batch_size} gives D {per_d} inputs a step, which do not split into groups of "
+        each = "a step" if accumulation == 1 else "a micro-batch"
+        p.error(f"{batch} gives D {per_d} inputs {each}, which do not split into groups of "
                 f"--mbstd_group {args.mbstd_group}; use a batch (over --pacgan) that is a multiple of it")
     if args.ema_rampup is not None and not 0 < args.ema_rampup < math.inf:
         p.error(f"--ema_rampup must be > 0 and finite, got {args.ema_rampup}")

@@ -17,6 +17,7 @@ from gan_dist.training.data import check_images, first_batch, to_device_float
 from gan_dist.training.ddp import check_launch, convert_sync_bn, ddp_kwargs, process_group_kwargs
 from gan_dist.training.ema import load_ema, make_ema
 from gan_dist.training.manifest import check_batch, check_matches, load_manifest
+from gan_dist.training.options import BatchSplit, split_batch
 from gan_dist.training.options import gan_config as config_of
 from gan_dist.training.preemption import StopSignal
 from gan_dist.training.progress import Progress
@@ -48,7 +49,7 @@ class Run:
     memory_format: torch.memory_format
     data: RealData
     progress: Progress
-    global_batch: int
+    batch: BatchSplit
     steps_per_epoch: int
     max_train_steps: int
     stopper: StopSignal
@@ -61,6 +62,10 @@ class Run:
     fixed_z: Optional[torch.Tensor] = None  # main process only: the grids' noise, the same all run
     colour_z: Optional[torch.Tensor] = None
     real_colour: Optional[dict] = None
+
+    @property
+    def global_batch(self):
+        return self.batch.global_batch
 
     @property
     def G_eval(self):
@@ -132,9 +137,12 @@ def setup(args):
     acc = make_accelerator(args, output_dir)
     check_launch(acc)
     stopper = StopSignal(acc)
+    batch = BatchSplit(*split_batch(args.batch_size, args.gradient_accumulation_steps, args.batch_gpu),
+                       acc.num_processes)
+    config = {**vars(args), "batch_split": batch.to_dict()}  # the split as run (--config ignores it)
     if acc.is_main_process:
         DirectoryLock(output_dir, "gan_dist.train")  # one trainer per run directory, until this process exits
-        write_args(output_dir, vars(args))
+        write_args(output_dir, config)
         remove_partials(output_dir)
 
     # ---- networks and optimizers
@@ -152,7 +160,7 @@ def setup(args):
     augment = (lambda x: diff_augment(x, policy)) if policy else None
 
     # ---- schedule, counted in steps of the global batch
-    global_batch = args.batch_size * acc.num_processes
+    global_batch = batch.global_batch  # batch_size x processes, whatever the accumulation
     check_batch(manifest, global_batch, args.data)
     steps_per_epoch = manifest["count"] // global_batch
     max_train_steps = args.max_train_steps or args.n_epochs * steps_per_epoch
@@ -189,10 +197,10 @@ def setup(args):
 
     # ---- outputs: logs, trackers, and what only the main process needs for grids
     run = Run(args, acc, output_dir, manifest, gan_config, G, D, G_ema, opt_G, opt_D,
-              GANStep(acc, G, D, opt_G, opt_D, args.loss, augment), memory_format, data, progress, global_batch,
-              steps_per_epoch, max_train_steps, stopper, drift, extractor,
+              GANStep(acc, G, D, opt_G, opt_D, args.loss, augment, batch.accumulation), memory_format, data,
+              progress, batch, steps_per_epoch, max_train_steps, stopper, drift, extractor,
               *(MetricsLog(acc, output_dir, kind) for kind in ("train", "samples", "eval")),
-              init_trackers(acc, args.tracker_project_name, vars(args), output_dir, meta.get("wandb_run_id")))
+              init_trackers(acc, args.tracker_project_name, config, output_dir, meta.get("wandb_run_id")))
     if acc.is_main_process:
         noise = torch.Generator().manual_seed(args.seed)  # the same z for the whole run: progress is visible
         run.fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=noise).to(acc.device)
@@ -213,5 +221,5 @@ def print_banner(run):
         f"  data {run.data.description}\n"
         f"  processes {acc.num_processes} ({acc.distributed_type}, {acc.state.backend or 'no process group'}, "
         f"{acc.device}), mixed precision {acc.mixed_precision}\n"
-        f"  batch {args.batch_size} per process, {run.global_batch} global; {run.steps_per_epoch} steps per epoch; "
+        f"  {run.batch}; {run.steps_per_epoch} steps per epoch; "
         f"{run.max_train_steps} steps ({run.max_train_steps / run.steps_per_epoch:.1f} epochs)")

@@ -6,8 +6,10 @@
 The D phase scores reals and fakes, the regularisation phase adds R1/R2 on the steps that
 regularise, and the G phase updates G through the updated D. Each phase returns a record of
 its diagnostics as device tensors (no host sync); the loop hands them to the stats.
-`augment` is applied to every image D sees.
+`augment` is applied to every image D sees. With `accumulation` N, each phase works through
+N micro-batches of the batch and steps its optimizer once.
 """
+import contextlib
 import math
 import sys
 from typing import NamedTuple, Optional
@@ -34,6 +36,15 @@ class GRecord(NamedTuple):
     skipped: torch.Tensor
 
 
+def _mean(values):
+    """The batch's mean from its equal micro-batches' means."""
+    return values[0] if len(values) == 1 else torch.stack(values).mean()
+
+
+def _cat(values):
+    return values[0] if len(values) == 1 else torch.cat(values)
+
+
 def grad_norm(module, scaler=None):
     """L2 norm of all gradients of `module` (unscaled when an fp16 GradScaler is in use)."""
     grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
@@ -46,23 +57,58 @@ class GANStep:
 
     `loss` is bce, hinge or rpgan. D's loss adds (r1_gamma / 2) R1 + (r2_gamma / 2) R2
     (0 = off; lazy regularisation passes gamma x N every N steps and 0 between).
+
+    With `accumulation` N > 1 each phase runs its forwards and backwards on N equal micro-batches,
+    each loss and penalty scaled by 1/N (they are batch means), and steps its optimizer once: the
+    gradients are the whole batch's. Under DDP only the last micro-batch's backward all-reduces.
     """
 
-    def __init__(self, accelerator, G, D, opt_G, opt_D, loss="bce", augment=None):
+    def __init__(self, accelerator, G, D, opt_G, opt_D, loss="bce", augment=None, accumulation=1):
         self.accelerator, self.G, self.D, self.opt_G, self.opt_D = accelerator, G, D, opt_G, opt_D
-        self.loss, self.augment = loss, augment or (lambda x: x)
+        self.loss, self.augment, self.accumulation = loss, augment or (lambda x: x), accumulation
         self.scaler = accelerator.scaler  # fp16 only: one scaler shared by both optimizers
 
     def __call__(self, real_img, gen_z, r1_gamma=0.0, r2_gamma=0.0, with_norms=False):
         """One D update then one G update; returns (DRecord, GRecord)."""
-        with self.accelerator.autocast():
-            gen_img = self.G(gen_z)  # one G forward: D's phase sees it detached, G's phase reuses it
-        d = self.discriminator_phase(real_img, gen_img, r1_gamma, r2_gamma, with_norms)
-        g = self.generator_phase(real_img, gen_img, with_norms)
+        n = self.accumulation
+        if n == 1:
+            with self.accelerator.autocast():
+                gen_img = self.G(gen_z)  # one G forward: D's phase sees it detached, G's phase reuses it
+            micro_batches = [(real_img, gen_z, gen_img)]
+        else:
+            if real_img.size(0) % n:
+                raise ValueError(f"a batch of {real_img.size(0)} does not split into {n} equal micro-batches")
+            # each phase runs G on its micro-batch: keeping G's graph for every micro-batch until the G phase
+            # would hold the whole batch's activations, which accumulation is there to avoid
+            micro_batches = list(zip(real_img.chunk(n), gen_z.chunk(n), [None] * n))
+        d = self.discriminator_phase(micro_batches, r1_gamma, r2_gamma, with_norms)
+        g = self.generator_phase(micro_batches, with_norms)
         return d, g
 
-    def discriminator_phase(self, real_img, gen_img, r1_gamma, r2_gamma, with_norms):
-        """(1) Update D: maximize log D(x) + log(1 - D(G(z))) (or the hinge / relativistic objective)."""
+    def _sync_unless_last(self, model, i):
+        """DDP all-reduces on the last micro-batch's backward only; the others accumulate locally."""
+        return self.accelerator.no_sync(model) if i < self.accumulation - 1 else contextlib.nullcontext()
+
+    def discriminator_phase(self, micro_batches, r1_gamma, r2_gamma, with_norms):
+        """(1) Update D: maximize log D(x) + log(1 - D(G(z))) (or the hinge / relativistic objective).
+
+        `micro_batches`: (reals, z, G's images or None to generate them here) for each micro-batch."""
+        self.opt_D.zero_grad(set_to_none=True)
+        parts = []
+        for i, (real_img, gen_z, gen_img) in enumerate(micro_batches):
+            with self._sync_unless_last(self.D, i):
+                if gen_img is None:
+                    with torch.no_grad(), self.accelerator.autocast():
+                        gen_img = self.G(gen_z)
+                parts.append(self._discriminator_micro_batch(real_img, gen_img, r1_gamma, r2_gamma))
+        norm = grad_norm(self.D, self.scaler) if with_norms else None
+        losses, real_logits, fake_logits, penalties = zip(*parts)
+        penalties = {k: _mean([p[k] for p in penalties]) for k in penalties[0]}
+        return DRecord(_mean(losses), _cat(real_logits), _cat(fake_logits), penalties, norm,
+                       self._update(self.opt_D))
+
+    def _discriminator_micro_batch(self, real_img, gen_img, r1_gamma, r2_gamma):
+        """D's loss and penalties on one micro-batch, backpropagated with its share of the batch."""
         aug = self.augment
         with self.accelerator.autocast():
             real_in, fake_in = aug(real_img), aug(gen_img.detach())
@@ -75,15 +121,15 @@ class GANStep:
             loss_D = d_loss(real_logits, fake_logits, self.loss)
         penalties, total_D = self.regularisation_phase(loss_D, real_logits, real_in, fake_logits, fake_in,
                                                        r1_gamma, r2_gamma)
-        self.opt_D.zero_grad(set_to_none=True)
-        self.accelerator.backward(total_D)  # one backward for both D forwards and the penalties: one all-reduce
-        norm = grad_norm(self.D, self.scaler) if with_norms else None
-        return DRecord(loss_D, real_logits, fake_logits, penalties, norm, self._update(self.opt_D))
+        # one backward for both D forwards and the penalties: one all-reduce (on the last micro-batch)
+        self.accelerator.backward(total_D * (1 / self.accumulation))
+        return loss_D.detach(), real_logits.detach(), fake_logits.detach(), penalties
 
     def regularisation_phase(self, loss_D, real_logits, real_in, fake_logits, fake_in, r1_gamma, r2_gamma):
         """R1 on what D saw of the reals, R2 on the fakes: ({name: penalty}, loss_D plus the weighted penalties).
 
         Input gradients only (no parameter .grad, no DDP hook): their graph joins D's one backward.
+        A penalty is a mean over the (micro-)batch, so it is scaled with D's loss under accumulation.
         """
         penalties, total = {}, loss_D
         for name, gamma, logits, inputs in (("r1", r1_gamma, real_logits, real_in),
@@ -93,22 +139,30 @@ class GANStep:
                 total = total + (gamma / 2) * penalties[name]
         return {k: v.detach() for k, v in penalties.items()}, total
 
-    def generator_phase(self, real_img, gen_img, with_norms):
-        """(2) Update G: maximize log D(G(z)); D frozen so its DDP reducer stays idle."""
+    def generator_phase(self, micro_batches, with_norms):
+        """(2) Update G: maximize log D(G(z)); D frozen so its DDP reducer stays idle. Runs after D's update."""
         aug = self.augment
         self.D.requires_grad_(False)
-        with self.accelerator.autocast():
-            paired_real = None
-            if self.loss == "rpgan":  # the reals paired with this batch's fakes, scored by the updated D
-                with torch.no_grad():
-                    paired_real = self.D(aug(real_img))
-            loss_G = g_loss(self.D(aug(gen_img)), paired_real, self.loss)
         self.opt_G.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss_G)
+        losses = []
+        for i, (real_img, gen_z, gen_img) in enumerate(micro_batches):
+            # D under no_sync as well: a forward of a DDP D outside it arms D's reducer, which would then
+            # all-reduce in the next step's first micro-batch, under no_sync or not
+            with self._sync_unless_last(self.G, i), self.accelerator.no_sync(self.D):
+                with self.accelerator.autocast():
+                    if gen_img is None:
+                        gen_img = self.G(gen_z)
+                    paired_real = None
+                    if self.loss == "rpgan":  # the reals paired with this batch's fakes, scored by the updated D
+                        with torch.no_grad():
+                            paired_real = self.D(aug(real_img))
+                    loss_G = g_loss(self.D(aug(gen_img)), paired_real, self.loss)
+                self.accelerator.backward(loss_G * (1 / self.accumulation))
+            losses.append(loss_G.detach())
         norm = grad_norm(self.G, self.scaler) if with_norms else None
         skipped = self._update(self.opt_G)
         self.D.requires_grad_(True)
-        return GRecord(loss_G, norm, skipped)
+        return GRecord(_mean(losses), norm, skipped)
 
     def _update(self, opt):
         """opt.step(); 1.0 on the device when the fp16 scaler skipped it (an overflow lowers the scale).

@@ -67,7 +67,10 @@ def init_trackers(accelerator, project_name, config, output_dir, checkpoint_run_
     if "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
         wandb_kwargs["mode"] = "offline"
     try:
-        # TensorBoard's hparams take only scalars and strings: lists (Adam betas, widths) go as "0.0,0.99"
+        # TensorBoard's hparams take only scalars and strings: lists (Adam betas, widths) go as "0.0,0.99",
+        # mappings (the batch split) as one key per entry
+        config = {**{k: v for k, v in config.items() if not isinstance(v, dict)},
+                  **{f"{k}/{kk}": vv for k, v in config.items() if isinstance(v, dict) for kk, vv in v.items()}}
         config = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in config.items()}
         accelerator.init_trackers(project_name, config=config, init_kwargs={"wandb": wandb_kwargs})
         for tracker in accelerator.trackers:

@@ -14,7 +14,7 @@ from gan_dist.dirlock import DirectoryLock
 from gan_dist.evaluation.summary import main as summary_main
 from gan_dist.safe_io import UnsafePath, append_line, write_atomic
 from gan_dist.train import main as train_main
-from gan_dist.training.tracking import read_log
+from gan_dist.training.runlog import read_log
 
 
 def train_args(data, out, *extra):

@@ -67,22 +67,25 @@ class GANStep:
         self.accelerator, self.G, self.D, self.opt_G, self.opt_D = accelerator, G, D, opt_G, opt_D
         self.loss, self.augment, self.accumulation = loss, augment or (lambda x: x), accumulation
         self.scaler = accelerator.scaler  # fp16 only: one scaler shared by both optimizers
+        self.phase = contextlib.nullcontext  # name -> a context labelling a phase (training.profiling)
 
     def __call__(self, real_img, gen_z, r1_gamma=0.0, r2_gamma=0.0, with_norms=False):
         """One D update then one G update; returns (DRecord, GRecord)."""
         n = self.accumulation
-        if n == 1:
-            with self.accelerator.autocast():
-                gen_img = self.G(gen_z)  # one G forward: D's phase sees it detached, G's phase reuses it
-            micro_batches = [(real_img, gen_z, gen_img)]
-        else:
-            if real_img.size(0) % n:
-                raise ValueError(f"a batch of {real_img.size(0)} does not split into {n} equal micro-batches")
-            # each phase runs G on its micro-batch: keeping G's graph for every micro-batch until the G phase
-            # would hold the whole batch's activations, which accumulation is there to avoid
-            micro_batches = list(zip(real_img.chunk(n), gen_z.chunk(n), [None] * n))
-        d = self.discriminator_phase(micro_batches, r1_gamma, r2_gamma, with_norms)
-        g = self.generator_phase(micro_batches, with_norms)
+        with self.phase("D_phase"):
+            if n == 1:
+                with self.accelerator.autocast():
+                    gen_img = self.G(gen_z)  # one G forward: D's phase sees it detached, G's phase reuses it
+                micro_batches = [(real_img, gen_z, gen_img)]
+            else:
+                if real_img.size(0) % n:
+                    raise ValueError(f"a batch of {real_img.size(0)} does not split into {n} equal micro-batches")
+                # each phase runs G on its micro-batch: keeping G's graph for every micro-batch until the G phase
+                # would hold the whole batch's activations, which accumulation is there to avoid
+                micro_batches = list(zip(real_img.chunk(n), gen_z.chunk(n), [None] * n))
+            d = self.discriminator_phase(micro_batches, r1_gamma, r2_gamma, with_norms)
+        with self.phase("G_phase"):
+            g = self.generator_phase(micro_batches, with_norms)
         return d, g
 
     def _sync_unless_last(self, model, i):
@@ -132,11 +135,14 @@ class GANStep:
         A penalty is a mean over the (micro-)batch, so it is scaled with D's loss under accumulation.
         """
         penalties, total = {}, loss_D
-        for name, gamma, logits, inputs in (("r1", r1_gamma, real_logits, real_in),
-                                            ("r2", r2_gamma, fake_logits, fake_in)):
-            if gamma:
-                penalties[name] = gradient_penalty(logits, inputs, self.scaler)
-                total = total + (gamma / 2) * penalties[name]
+        if not (r1_gamma or r2_gamma):
+            return penalties, total
+        with self.phase("regularisation"):
+            for name, gamma, logits, inputs in (("r1", r1_gamma, real_logits, real_in),
+                                                ("r2", r2_gamma, fake_logits, fake_in)):
+                if gamma:
+                    penalties[name] = gradient_penalty(logits, inputs, self.scaler)
+                    total = total + (gamma / 2) * penalties[name]
         return {k: v.detach() for k, v in penalties.items()}, total
 
     def generator_phase(self, micro_batches, with_norms):

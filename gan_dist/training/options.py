@@ -145,6 +145,10 @@ def parse_args(argv=None):
     p.add_argument("--cache_gb", type=float, default=4.0,
                    help="hold the decoded dataset in each process's RAM when it is at most this many GiB "
                         "(true epochs, no decoding per step); 0 streams from the shards always")
+    p.add_argument("--data_on_device", action=argparse.BooleanOptionalAction, default=True,
+                   help="hold the in-memory set (see --cache_gb) on the training device when it takes at most half of "
+                        "the device's free memory, and index each batch there; --no-data_on_device keeps it in "
+                        "host memory")
     p.add_argument("--decode_on_device", action="store_true",
                    help="stream JPEG shards (--format jpg) and decode each batch on the training device "
                         "(nvJPEG on CUDA); the workers only read the tars")

@@ -9,8 +9,8 @@ from PIL import Image
 from gan_dist.names import MANIFEST
 from gan_dist.packing.shard import pack
 from gan_dist.training.data import epoch_batches, load_into_memory, memory_epoch_batches, to_device_float
-from gan_dist.training.reals import resident
 from gan_dist.training.manifest import DataError, check_matches, load_manifest
+from gan_dist.training.reals import resident
 
 
 def batches(urls, epoch=0, seed=0, skip=0, workers=0, steps=6, bs=32):

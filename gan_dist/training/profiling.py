@@ -27,7 +27,7 @@ class StepProfiler:
     """torch.profiler over steps warmup + 1 ... warmup + steps of this process; a no-op when `steps` is 0."""
 
     def __init__(self, output_dir, steps, warmup=5, device="cpu", rank=0):
-        self.steps, self.folder = steps, Path(output_dir) / "profile"
+        self.steps, self.folder = steps, Path(output_dir) / "profile" if steps else None
         self.suffix = "" if rank == 0 else f"_rank{rank}"
         self.phase = _off
         self._prof = None

@@ -114,11 +114,11 @@ def bare_loop(shard_dir, steps, warmup, device, mixed_precision="no", seed=0, co
 
     compile_mode: torch.compile G and D with this mode ("reduce-overhead" replays CUDA graphs).
     profile_dir: write a torch.profiler trace of the timed steps there (PROFILE_DIR/profile/)."""
-    from gan_dist.training.profiling import StepProfiler
     from gan_dist.networks.losses import d_loss, g_loss
     from gan_dist.networks.models import GANConfig, build_models
     from gan_dist.training.data import load_into_memory, to_device_float
     from gan_dist.training.manifest import load_manifest, shard_counts
+    from gan_dist.training.profiling import StepProfiler
     from gan_dist.training.step import adam
 
     manifest, urls = load_manifest(shard_dir)

@@ -191,7 +191,7 @@ def main(argv=None):
     p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
     p.add_argument("--compile_mode", default=None, help="torch.compile G and D in this mode, e.g. reduce-overhead")
-    p.add_argument("--profile", default=None, help="write a torch.profiler trace of the timed steps to PROFILE/profile/")
+    p.add_argument("--profile", default=None, help="write a profile of the timed steps to PROFILE/profile/")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     print(json.dumps(bare_loop(args.data, args.steps, args.warmup, device, args.mixed_precision,

@@ -4,7 +4,7 @@
     python -m benchmarks data --sizes 64 128              # loader images/s only
     python -m benchmarks step --img_size 128              # trainer vs the vanilla loop vs a bare loop
     python -m benchmarks step --data shards/lfw           # on shards of your own
-    python -m benchmarks gpu --out $OUT/bench_gpu.json    # one CUDA GPU (launch/gpu_bench.sh)
+    python -m benchmarks gpu --out $OUT/bench_gpu.json    # one CUDA GPU: data paths, fp16, --compile
 
 Every figure is a ratio of two cases measured in the same run on the same machine. Without
 --data or --src the bench writes its own source images (random 250x250 crops of

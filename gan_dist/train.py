@@ -26,6 +26,7 @@ from gan_dist.training.ema import update as ema_update
 from gan_dist.training.manifest import DataError
 from gan_dist.training.options import parse_args
 from gan_dist.training.preemption import EXIT_PREEMPTED, Preempted
+from gan_dist.training.profiling import StepProfiler
 from gan_dist.training.rundir import RunDirError
 from gan_dist.training.runlog import TRAIN_KEYS
 from gan_dist.training.setup import UsageError, setup
@@ -52,14 +53,18 @@ def train(args):
     interactive = sys.stderr.isatty()  # a live bar on a terminal, plain lines in log files
     bar = tqdm(total=run.max_train_steps, initial=progress.step, mininterval=1.0, dynamic_ncols=True,
                disable=not (acc.is_main_process and interactive))
+    profiler = StepProfiler(run.output_dir, args.profile_steps, args.profile_warmup, acc.device, acc.process_index)
+    run.gan_step.phase = profiler.phase  # labels the D, regularisation and G phases in the trace
+    batches = batch_stream(run.data, progress.step, run.max_train_steps, run.steps_per_epoch)
     t_wait = time.perf_counter()
-    for step, real_u8, n_skipped in batch_stream(run.data, progress.step, run.max_train_steps, run.steps_per_epoch):
+    for step, real_u8, n_skipped in profiler.labelled(batches, "data"):
         stats.data_wait += time.perf_counter() - t_wait
         progress.count_skipped(n_skipped)
-        real_img = to_device_float(real_u8, acc.device).contiguous(memory_format=run.memory_format)
-        gen_z = torch.randn(real_img.size(0), args.latent_dim, device=acc.device)
-        if args.mirror:
-            real_img = mirror(real_img, args.seed, step, acc.process_index)
+        with profiler.phase("data"):
+            real_img = to_device_float(real_u8, acc.device).contiguous(memory_format=run.memory_format)
+            gen_z = torch.randn(real_img.size(0), args.latent_dim, device=acc.device)
+            if args.mirror:
+                real_img = mirror(real_img, args.seed, step, acc.process_index)
         lr_G, lr_D, r1_gamma, r2_gamma = schedule(args, step, run.max_train_steps, run.global_batch)
         for opt, lr in ((run.opt_G, lr_G), (run.opt_D, lr_D)):  # from the command line, not a checkpoint
             for group in opt.param_groups:
@@ -70,9 +75,12 @@ def train(args):
         # ---- (1) D step with its penalties, (2) G step, then G's moving average
         d, g = run.gan_step(real_img, gen_z, r1_gamma, r2_gamma, with_norms=log_now)
         if run.G_ema is not None:
-            ema_update(run.G_ema, run.G, run.global_batch, args.ema_kimg, step * run.global_batch, args.ema_rampup)
+            with profiler.phase("ema"):
+                ema_update(run.G_ema, run.G, run.global_batch, args.ema_kimg, step * run.global_batch,
+                           args.ema_rampup)
         progress.step = step
         stats.add(d, g, lr_D, lr_G)
+        profiler.step()
         bar.update(1)
 
         # ---- periodic work; a requested stop saves and leaves
@@ -86,12 +94,14 @@ def train(args):
         if step % args.checkpointing_steps == 0 or done or stop:
             save(run, step)
         if stop:
+            profiler.close()
             bar.close()
             finish_run(acc, run.output_dir)
             acc.print(f"stopped by {run.stopper.received or 'a signal on another rank'} at step {step}; checkpoint "
                       f"saved; continue with --resume_from_checkpoint latest (exit {EXIT_PREEMPTED})")
             raise Preempted(step)
         t_wait = time.perf_counter()
+    profiler.close()
     bar.close()
     finish_run(acc, run.output_dir)
     acc.print(f"done: {progress.step} steps; run directory {run.output_dir}")

@@ -10,6 +10,7 @@ from gan_dist.names import MANIFEST
 from gan_dist.packing.shard import pack
 from gan_dist.training.data import epoch_batches, load_into_memory, memory_epoch_batches, to_device_float
 from gan_dist.training.manifest import DataError, check_matches, load_manifest
+from gan_dist.training.reals import resident
 
 
 def batches(urls, epoch=0, seed=0, skip=0, workers=0, steps=6, bs=32):
@@ -188,3 +189,18 @@ def test_a_streamed_run_measures_fid_on_a_bounded_draw_of_reals(digits16):
     reals = data.for_metrics(40, seed=3)
     assert reals.shape == (40, 1, 16, 16) and manifest["count"] > 40
     assert torch.equal(reals, data.for_metrics(40, seed=3))  # the same draw each evaluation: comparable figures
+
+
+def test_the_in_memory_set_is_held_on_the_device_when_it_fits_and_batches_are_gathered_there():
+    images = torch.arange(4 * 3 * 2 * 2, dtype=torch.uint8).reshape(4, 3, 2, 2)
+    held, where = resident(images, "cpu")
+    assert held.data_ptr() == images.data_ptr() and where == "on cpu"  # the CPU is the host: no copy
+    assert resident(images, "cpu", enabled=False)[1] == "in host memory (--no-data_on_device)"
+    assert resident(images, "cpu", free_bytes=2 * images.nbytes)[1] == "on cpu"
+    kept, why = resident(images, "cpu", free_bytes=2 * images.nbytes - 1)  # over half of what is free
+    assert kept is images and why.startswith("in host memory: ")
+    # the permutation is drawn on the host and the gather happens where the images lie
+    on_meta = [b for b, _ in memory_epoch_batches(images.to("meta"), 2, 2, 0, 0, 0, 1)]
+    assert [b.device.type for b in on_meta] == ["meta", "meta"]
+    host = [b for b, _ in memory_epoch_batches(images, 2, 2, 0, 0, 0, 1)]
+    assert [b.shape for b in host] == [b.shape for b in on_meta]

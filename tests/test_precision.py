@@ -17,6 +17,9 @@ def prepared(scale):
     G, D, opt_G, opt_D = accelerator.prepare(G, D, opt_G, opt_D)
     # Accelerate makes no scaler on the CPU (fp16 is a no-op there); give it one real GradScaler
     # and wrap both optimizers around it, as prepare() does with fp16 on CUDA.
+    # (scale None: no scaler, the optimizers as prepare() left them)
+    if scale is None:
+        return accelerator, G, D, opt_G, opt_D, None
     scaler = torch.amp.GradScaler("cpu", init_scale=scale)
     accelerator.scaler = scaler
     opt_G, opt_D = (AcceleratedOptimizer(o.optimizer, device_placement=False, scaler=scaler) for o in (opt_G, opt_D))
@@ -63,3 +66,29 @@ def test_bf16_trains_on_cpu(tmp_path, digits16):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "mixed precision bf16" in r.stdout
     assert all(0 < row["D_real"] < 1 and row["step_skipped"] == 0 for row in train_rows(out))
+
+
+def test_without_a_scaler_the_step_calls_torch_directly_and_matches_accelerates_wrappers(fresh_state, monkeypatch):
+    calls = {"backward": 0, "step": 0, "zero_grad": 0}
+
+    def counted(name, method):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return method(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(Accelerator, "backward", counted("backward", Accelerator.backward))
+    for name in ("step", "zero_grad"):
+        monkeypatch.setattr(AcceleratedOptimizer, name, counted(name, getattr(AcceleratedOptimizer, name)))
+
+    def train(plain):
+        accelerator, G, D, opt_G, opt_D, _ = prepared(scale=None)
+        step = GANStep(accelerator, G, D, opt_G, opt_D, loss="rpgan", plain=plain)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            step(torch.rand(16, 1, 8, 8, generator=gen) * 2 - 1, torch.randn(16, 8, generator=gen), 1.0, 1.0)
+        return step, [p.detach().clone() for p in (*G.parameters(), *D.parameters())]
+    auto, plain_weights = train(plain=None)
+    assert auto.plain and calls == {"backward": 0, "step": 0, "zero_grad": 0}  # no wrapper on the hot path
+    wrapped, wrapped_weights = train(plain=False)
+    assert not wrapped.plain and calls == {"backward": 6, "step": 6, "zero_grad": 6}
+    assert all(torch.equal(a, b) for a, b in zip(plain_weights, wrapped_weights))  # bit for bit

@@ -4,10 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import ROOT
 from PIL import Image
 
+from benchmarks import gpu_session
 from gan_dist.smoke import BLANK_STD, sample_check
 
 
@@ -17,7 +19,52 @@ def test_gpu_script_without_cuda_exits_with_a_message():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
     res = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2
-    assert "no CUDA device" in res.stderr
+    assert "no CUDA device" in res.stderr and "--cpu" in res.stderr
+
+
+def test_gpu_session_interleaves_the_speed_cases_and_records_a_failed_case(tmp_path, monkeypatch):
+    calls = []
+
+    def case(kind):
+        def run(*args, **kwargs):
+            mp = kwargs.get("mixed_precision") or kwargs["extra"][1]
+            calls.append(f"{kind}_{mp}")
+            if kind == "bare" and mp == "bf16" and len(calls) > 4:
+                raise RuntimeError("out of memory")
+            return {"images_per_s": float(len(calls)), "sec_per_step": 1.0, "gpu_sec_per_step": 0.5}
+        return run
+    monkeypatch.setattr(gpu_session.bench_step, "bare_case", case("bare"))
+    monkeypatch.setattr(gpu_session.bench_step, "trainer_case", case("trainer"))
+    monkeypatch.setattr(gpu_session, "environment", lambda: {"stub": True})
+    args = gpu_session.parse_args(["--cpu", "--out", str(tmp_path / "s.json"), "--repeats", "2"])
+    session = gpu_session.Session(args.out, {})
+    gpu_session.speed(session, "shards", 16, args, tmp_path)
+    assert calls == ["trainer_no", "bare_no", "trainer_bf16", "bare_bf16"] * 2  # A B C D A B C D
+    doc = json.loads((tmp_path / "s.json").read_text())  # written after every case
+    assert [r["order"] for r in doc["speed"]["trainer_fp32"]["runs"]] == [0, 1]
+    assert doc["speed"]["trainer_fp32"]["runs"][1] == {"images_per_s": 5.0, "sec_per_step": 1.0,
+                                                       "gpu_sec_per_step": 0.5, "order": 1}
+    assert len(doc["speed"]["bare_bf16"]["runs"]) == 1 and "out of memory" in doc["errors"]["speed/bare_bf16#1"]
+    assert "skipped" in doc["sizes"]
+
+
+@pytest.mark.benchmarks
+def test_gpu_script_dry_run_on_the_cpu(tmp_path):
+    """`launch/gpu_bench.sh --cpu`: every part of the GPU session, tiny, on the CPU, its JSON read back."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    res = subprocess.run(["bash", str(ROOT / "launch" / "gpu_bench.sh"), "--cpu"], capture_output=True, text=True,
+                         env=env, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads((tmp_path / "gpu_session.json").read_text())
+    assert {"torch", "accelerate", "cudnn", "nvidia_smi", "load_average"} <= doc["environment"].keys()
+    assert set(doc["speed"]) == {"trainer_fp32", "bare_fp32", "trainer_bf16", "bare_bf16"} and not doc["errors"]
+    assert all([r["order"] for r in case["runs"]] == [0, 1] for case in doc["speed"].values())
+    for name in ("trainer_fp32", "trainer_bf16", "bare_bf16"):
+        names = {e.get("name") for e in json.loads((tmp_path / "profiles" / name / "trace.json").read_text())
+                 ["traceEvents"]}
+        assert {"D_phase", "G_phase"} <= names
+    assert doc["resume"]["ok"] and all(doc["resume"]["weights_equal"].values())
+    assert json.loads((tmp_path / "smoke.json").read_text())["cases"]["vanilla_fp32"]["ok"]
 
 
 def test_smoke_trains_resumes_samples_and_runs_two_nodes_of_one_process(tmp_path):

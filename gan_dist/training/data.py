@@ -321,10 +321,11 @@ def memory_epoch_batches(images, batch_size, steps_per_epoch, seed, epoch, rank,
     """Yield this rank's (batch, 0) of `epoch` from images held in memory: a true epoch.
 
     One permutation per epoch, the same on every rank, is dealt out rank by rank, so
-    within an epoch no image is used twice across ranks.
+    within an epoch no image is used twice across ranks. The permutation is drawn on the host
+    (the same wherever the images are); batches are gathered where `images` lie.
     """
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(wds.utils.make_seed(seed, epoch)))
-    mine = perm[rank::world_size][: steps_per_epoch * batch_size]
+    mine = perm[rank::world_size][: steps_per_epoch * batch_size].to(images.device)
     for i in range(skip, steps_per_epoch):
         yield images[mine[i * batch_size:(i + 1) * batch_size]], 0
 

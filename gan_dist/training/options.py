@@ -145,6 +145,10 @@ def parse_args(argv=None):
     p.add_argument("--cache_gb", type=float, default=4.0,
                    help="hold the decoded dataset in each process's RAM when it is at most this many GiB "
                         "(true epochs, no decoding per step); 0 streams from the shards always")
+    p.add_argument("--data_on_device", action=argparse.BooleanOptionalAction, default=True,
+                   help="hold the in-memory set (see --cache_gb) on the training device when it takes at most half of "
+                        "the device's free memory, and index each batch there; --no-data_on_device keeps it in "
+                        "host memory")
     p.add_argument("--decode_on_device", action="store_true",
                    help="stream JPEG shards (--format jpg) and decode each batch on the training device "
                         "(nvJPEG on CUDA); the workers only read the tars")
@@ -236,6 +240,10 @@ def parse_args(argv=None):
     p.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=True,
                    help="let cuDNN time its algorithms for each shape (--no-cudnn_benchmark for repeatable "
                         "algorithm choices)")
+    p.add_argument("--profile_steps", type=int, default=0,
+                   help="write a torch.profiler trace of this many steps (after --profile_warmup) to "
+                        "OUTPUT_DIR/profile/: trace.json (Chrome trace) and key_averages.txt; 0 = off")
+    p.add_argument("--profile_warmup", type=int, default=5, help="steps run before --profile_steps are traced")
     # data parallelism and gradient accumulation
     p.add_argument("--gradient_accumulation_steps", type=int, default=None,
                    help="split each process's --batch_size into this many equal micro-batches, one forward and "
@@ -292,6 +300,7 @@ def parse_args(argv=None):
         p.error(f"--checkpoints_total_limit must be >= 1, got {args.checkpoints_total_limit}")
     ranges = {  # name: (check, what it must be)
         "n_cpu": (lambda v: 0 <= v <= 1024, "from 0 to 1024"), "eval_steps": (lambda v: v >= 0, ">= 0"),
+        "profile_steps": (lambda v: v >= 0, ">= 0"), "profile_warmup": (lambda v: v >= 0, ">= 0"),
         "ddp_bucket_cap_mb": (lambda v: v >= 1, ">= 1"), "lr": (lambda v: 0 < v < math.inf, "> 0 and finite"),
         "b1": (lambda v: 0 <= v < 1, "in [0, 1)"), "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
         "cache_gb": (lambda v: v >= 0, ">= 0"), "ema_kimg": (lambda v: 0 <= v < math.inf, ">= 0 and finite"),

@@ -30,6 +30,24 @@ class RealData(NamedTuple):
         return first_batch(self.urls, count, seed)
 
 
+DEVICE_SHARE = 0.5  # the most of a GPU's free memory the decoded set may take (the rest: networks, activations)
+
+
+def resident(images, device, enabled=True, free_bytes=None):
+    """(images, where they are held): moved to `device` once when `enabled` and they fit in DEVICE_SHARE of its
+    free memory (`free_bytes`, default: what the device reports), so each batch is gathered there, not
+    gathered on the host and copied. On the CPU the device is the host: the same code path, no copy."""
+    device = torch.device(device)
+    if not enabled:
+        return images, "in host memory (--no-data_on_device)"
+    if device.type == "cuda" and free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    if free_bytes is not None and images.nbytes > DEVICE_SHARE * free_bytes:
+        return images, (f"in host memory: {images.nbytes / 2**30:.2f} GiB is over {DEVICE_SHARE:.0%} of "
+                        f"{device}'s {free_bytes / 2**30:.2f} GiB free")
+    return images.to(device), f"on {device}"
+
+
 def real_data(args, manifest, urls, accelerator, steps_per_epoch):
     """Hold the decoded dataset in memory when it fits in --cache_gb (true epochs), else stream the shards."""
     if decoded_gib(manifest) <= args.cache_gb and not args.decode_on_device:
@@ -38,10 +56,13 @@ def real_data(args, manifest, urls, accelerator, steps_per_epoch):
             raise DataError(f"{skipped} of {skipped + len(images)} images in {args.data} could not be decoded, "
                             f"above --max_skip_fraction {args.max_skip_fraction}; repack the shards")
 
+        images, where = resident(images, accelerator.device, args.data_on_device)
+
         def from_memory(epoch, skip):
             return memory_epoch_batches(images, args.batch_size, steps_per_epoch, args.seed, epoch,
                                         accelerator.process_index, accelerator.num_processes, skip)
-        return RealData(from_memory, f"in memory ({decoded_gib(manifest):.2f} GiB decoded)", skipped, images, urls)
+        return RealData(from_memory, f"in memory ({decoded_gib(manifest):.2f} GiB decoded, {where})", skipped,
+                        images, urls)
 
     def streamed(epoch, skip):
         batches = epoch_batches(urls, args.batch_size, steps_per_epoch, args.seed, epoch, args.n_cpu, skip=skip,

@@ -21,6 +21,9 @@ class IntervalStats:
         self.steps, self.data_wait, self.start = 0, 0.0, time.perf_counter()
         self.skipped_updates = torch.zeros((), device=self.device)  # the fp16 scaler's skips (same on every rank)
         self.latest = {}
+        if self.device.type == "cuda":  # the device's own time for the interval, beside the wall clock's
+            self.gpu_start = torch.cuda.Event(enable_timing=True)
+            self.gpu_start.record()
 
     def add(self, d, g, lr_D=None, lr_G=None):
         """One step's records (training.step's DRecord, GRecord); D(x) and D(G(z)) are kept as mean
@@ -37,6 +40,9 @@ class IntervalStats:
     def collect(self, accelerator, global_batch):
         """Means over the interval and over ranks, throughput, timing and the last measured values; then reset.
         A collective (one all-reduce): call it on every rank."""
+        if self.device.type == "cuda":
+            gpu_end = torch.cuda.Event(enable_timing=True)
+            gpu_end.record()
         means = (accelerator.reduce(self.sums, "sum") / accelerator.num_processes / self.steps).tolist()
         seconds = time.perf_counter() - self.start
         row = dict(zip(TRAIN_KEYS, means), img_per_s=self.steps * global_batch / seconds,
@@ -44,6 +50,8 @@ class IntervalStats:
         row.update({k: float(v) for k, v in self.latest.items()})
         row["step_skipped"] = int(self.skipped_updates.item())
         if self.device.type == "cuda":
+            gpu_end.synchronize()
+            row["gpu_sec_per_step"] = self.gpu_start.elapsed_time(gpu_end) / 1000 / self.steps
             row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.reset()
         return row

@@ -15,6 +15,7 @@ import sys
 from typing import NamedTuple, Optional
 
 import torch
+from accelerate.utils import DistributedType
 
 from gan_dist.networks.losses import d_loss, g_loss, gradient_penalty
 
@@ -52,6 +53,17 @@ def grad_norm(module, scaler=None):
     return norm / scaler.get_scale() if scaler is not None else norm
 
 
+def plain_steps(accelerator):
+    """Whether Accelerate's backward and optimizer wrappers add nothing here, so the step may call
+    `loss.backward()` and the torch optimizers directly: no GradScaler (fp16), no accumulation of Accelerate's
+    own (ours is by hand), and plain DDP or one process (not DeepSpeed, FSDP, Megatron or XLA). The wrappers
+    then reduce to the same calls (the loss divided by 1, `optimizer.step()`), at a host cost each: a
+    `find_spec` per optimizer step, `inspect.signature` per `zero_grad`."""
+    return (accelerator.scaler is None and accelerator.gradient_accumulation_steps == 1
+            and accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
+                                                 DistributedType.MULTI_GPU))
+
+
 class GANStep:
     """The D, regularisation and G phases of one training step on one batch.
 
@@ -61,28 +73,37 @@ class GANStep:
     With `accumulation` N > 1 each phase runs its forwards and backwards on N equal micro-batches,
     each loss and penalty scaled by 1/N (they are batch means), and steps its optimizer once: the
     gradients are the whole batch's. Under DDP only the last micro-batch's backward all-reduces.
+    `plain` (default: `plain_steps(accelerator)`) bypasses Accelerate's backward and optimizer wrappers.
     """
 
-    def __init__(self, accelerator, G, D, opt_G, opt_D, loss="bce", augment=None, accumulation=1):
+    def __init__(self, accelerator, G, D, opt_G, opt_D, loss="bce", augment=None, accumulation=1, plain=None):
         self.accelerator, self.G, self.D, self.opt_G, self.opt_D = accelerator, G, D, opt_G, opt_D
         self.loss, self.augment, self.accumulation = loss, augment or (lambda x: x), accumulation
         self.scaler = accelerator.scaler  # fp16 only: one scaler shared by both optimizers
+        self.phase = contextlib.nullcontext  # name -> a context labelling a phase (training.profiling)
+        # the torch optimizers and a bare backward where Accelerate's wrappers would only add host work
+        self.plain = plain_steps(accelerator) if plain is None else plain
+        self.update_G, self.update_D = ((getattr(opt_G, "optimizer", opt_G), getattr(opt_D, "optimizer", opt_D))
+                                        if self.plain else (opt_G, opt_D))
+        self.backward = (lambda loss: loss.backward()) if self.plain else accelerator.backward
 
     def __call__(self, real_img, gen_z, r1_gamma=0.0, r2_gamma=0.0, with_norms=False):
         """One D update then one G update; returns (DRecord, GRecord)."""
         n = self.accumulation
-        if n == 1:
-            with self.accelerator.autocast():
-                gen_img = self.G(gen_z)  # one G forward: D's phase sees it detached, G's phase reuses it
-            micro_batches = [(real_img, gen_z, gen_img)]
-        else:
-            if real_img.size(0) % n:
-                raise ValueError(f"a batch of {real_img.size(0)} does not split into {n} equal micro-batches")
-            # each phase runs G on its micro-batch: keeping G's graph for every micro-batch until the G phase
-            # would hold the whole batch's activations, which accumulation is there to avoid
-            micro_batches = list(zip(real_img.chunk(n), gen_z.chunk(n), [None] * n))
-        d = self.discriminator_phase(micro_batches, r1_gamma, r2_gamma, with_norms)
-        g = self.generator_phase(micro_batches, with_norms)
+        with self.phase("D_phase"):
+            if n == 1:
+                with self.accelerator.autocast():
+                    gen_img = self.G(gen_z)  # one G forward: D's phase sees it detached, G's phase reuses it
+                micro_batches = [(real_img, gen_z, gen_img)]
+            else:
+                if real_img.size(0) % n:
+                    raise ValueError(f"a batch of {real_img.size(0)} does not split into {n} equal micro-batches")
+                # each phase runs G on its micro-batch: keeping G's graph for every micro-batch until the G phase
+                # would hold the whole batch's activations, which accumulation is there to avoid
+                micro_batches = list(zip(real_img.chunk(n), gen_z.chunk(n), [None] * n))
+            d = self.discriminator_phase(micro_batches, r1_gamma, r2_gamma, with_norms)
+        with self.phase("G_phase"):
+            g = self.generator_phase(micro_batches, with_norms)
         return d, g
 
     def _sync_unless_last(self, model, i):
@@ -93,7 +114,7 @@ class GANStep:
         """(1) Update D: maximize log D(x) + log(1 - D(G(z))) (or the hinge / relativistic objective).
 
         `micro_batches`: (reals, z, G's images or None to generate them here) for each micro-batch."""
-        self.opt_D.zero_grad(set_to_none=True)
+        self.update_D.zero_grad(set_to_none=True)
         parts = []
         for i, (real_img, gen_z, gen_img) in enumerate(micro_batches):
             with self._sync_unless_last(self.D, i):
@@ -105,7 +126,7 @@ class GANStep:
         losses, real_logits, fake_logits, penalties = zip(*parts)
         penalties = {k: _mean([p[k] for p in penalties]) for k in penalties[0]}
         return DRecord(_mean(losses), _cat(real_logits), _cat(fake_logits), penalties, norm,
-                       self._update(self.opt_D))
+                       self._update(self.update_D))
 
     def _discriminator_micro_batch(self, real_img, gen_img, r1_gamma, r2_gamma):
         """D's loss and penalties on one micro-batch, backpropagated with its share of the batch."""
@@ -122,7 +143,7 @@ class GANStep:
         penalties, total_D = self.regularisation_phase(loss_D, real_logits, real_in, fake_logits, fake_in,
                                                        r1_gamma, r2_gamma)
         # one backward for both D forwards and the penalties: one all-reduce (on the last micro-batch)
-        self.accelerator.backward(total_D * (1 / self.accumulation))
+        self.backward(total_D * (1 / self.accumulation))
         return loss_D.detach(), real_logits.detach(), fake_logits.detach(), penalties
 
     def regularisation_phase(self, loss_D, real_logits, real_in, fake_logits, fake_in, r1_gamma, r2_gamma):
@@ -132,18 +153,21 @@ class GANStep:
         A penalty is a mean over the (micro-)batch, so it is scaled with D's loss under accumulation.
         """
         penalties, total = {}, loss_D
-        for name, gamma, logits, inputs in (("r1", r1_gamma, real_logits, real_in),
-                                            ("r2", r2_gamma, fake_logits, fake_in)):
-            if gamma:
-                penalties[name] = gradient_penalty(logits, inputs, self.scaler)
-                total = total + (gamma / 2) * penalties[name]
+        if not (r1_gamma or r2_gamma):
+            return penalties, total
+        with self.phase("regularisation"):
+            for name, gamma, logits, inputs in (("r1", r1_gamma, real_logits, real_in),
+                                                ("r2", r2_gamma, fake_logits, fake_in)):
+                if gamma:
+                    penalties[name] = gradient_penalty(logits, inputs, self.scaler)
+                    total = total + (gamma / 2) * penalties[name]
         return {k: v.detach() for k, v in penalties.items()}, total
 
     def generator_phase(self, micro_batches, with_norms):
         """(2) Update G: maximize log D(G(z)); D frozen so its DDP reducer stays idle. Runs after D's update."""
         aug = self.augment
         self.D.requires_grad_(False)
-        self.opt_G.zero_grad(set_to_none=True)
+        self.update_G.zero_grad(set_to_none=True)
         losses = []
         for i, (real_img, gen_z, gen_img) in enumerate(micro_batches):
             # D under no_sync as well: a forward of a DDP D outside it arms D's reducer, which would then
@@ -157,10 +181,10 @@ class GANStep:
                         with torch.no_grad():
                             paired_real = self.D(aug(real_img))
                     loss_G = g_loss(self.D(aug(gen_img)), paired_real, self.loss)
-                self.accelerator.backward(loss_G * (1 / self.accumulation))
+                self.backward(loss_G * (1 / self.accumulation))
             losses.append(loss_G.detach())
         norm = grad_norm(self.G, self.scaler) if with_norms else None
-        skipped = self._update(self.opt_G)
+        skipped = self._update(self.update_G)
         self.D.requires_grad_(True)
         return GRecord(_mean(losses), norm, skipped)
 

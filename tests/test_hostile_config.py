@@ -94,7 +94,7 @@ TRAIN_OPTIONS = sorted(vars(parse_args(["--data", "x"])))  # every option name, 
 configs = st.dictionaries(st.sampled_from(TRAIN_OPTIONS) | st.text(max_size=6), values, max_size=6)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(config=configs, as_json=st.booleans())
 def test_any_config_file_is_a_valid_run_or_a_usage_error(tmp_path, capsys, config, as_json):
     path = tmp_path / ("c.json" if as_json else "c.yaml")
@@ -133,7 +133,7 @@ def shard_dir(tmp_path_factory, digits16):
     return root
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(manifest=manifests)
 def test_any_manifest_is_a_pack_or_a_data_error(shard_dir, manifest):
     (shard_dir / MANIFEST).write_text(json.dumps(manifest))

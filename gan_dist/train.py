@@ -73,7 +73,11 @@ def train(args):
         log_now = step % args.log_steps == 0 or step % args.checkpointing_steps == 0 or done
 
         # ---- (1) D step with its penalties, (2) G step, then G's moving average
+        if run.ada is not None:
+            run.ada.begin(step)  # the augmentations' draws from (seed, step, rank): a resume repeats them
         d, g = run.gan_step(real_img, gen_z, r1_gamma, r2_gamma, with_norms=log_now)
+        if run.ada is not None:
+            run.ada.observe(d, step, acc)  # D's signs on the reals; every --aug_interval steps p moves (collective)
         if run.G_ema is not None:
             with profiler.phase("ema"):
                 ema_update(run.G_ema, run.G, run.global_batch, args.ema_kimg, step * run.global_batch,
@@ -113,6 +117,8 @@ def log_metrics(run, stats, step, bar, interactive):
     skipped = run.progress.reduce(run.accelerator)
     # images skipped at load were judged against the whole dataset already
     check_row(row, step, skipped - run.data.skipped_at_load, run.progress.num_imgs_seen, run.args.max_skip_fraction)
+    if run.ada is not None:
+        row.update(run.ada.log_row())
     run.train_log.log({**row, "skipped_samples": skipped, "epoch": step / run.steps_per_epoch,
                        "kimg": run.progress.num_imgs_seen / 1000, "global_batch": run.global_batch}, step)
     summary = " ".join(f"{k} {row[k]:.3f}" for k in TRAIN_KEYS) + f" img/s {row['img_per_s']:.0f}"
@@ -152,6 +158,8 @@ def save(run, step):
     run.progress.reduce(acc)
     position = {**run.progress.state_dict(), "colour_drift": run.drift.state_dict(),
                 "wandb_run_id": run.wandb_run_id}
+    if run.ada is not None:
+        position["augment"] = run.ada.state_dict(acc)  # a collective: the signs every rank counted
     save_checkpoint(acc, run.output_dir, step, run.gan_config, position, run.args.checkpoints_total_limit,
                     ema=run.G_ema)
 

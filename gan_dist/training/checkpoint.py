@@ -23,6 +23,7 @@ from accelerate.utils import load
 from safetensors import SafetensorError, safe_open
 
 from gan_dist.budgets import MAX_STEP
+from gan_dist.training.augmentation import valid_state as _augment_ok
 from gan_dist.training.ema import EMA_FILE, save_ema
 
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")  # used with fullmatch: "$" would let a newline through
@@ -89,7 +90,8 @@ def _drift_ok(state):
 RESUME_FIELDS = {"global_batch": (lambda v: _int_in(v, 1), "an integer >= 1", True),
                  "skipped_samples": (lambda v: _int_in(v, 0), "an integer >= 0", False),
                  "colour_drift": (_drift_ok, "a drift history", False),
-                 "wandb_run_id": (lambda v: v is None or isinstance(v, str) and len(v) < 256, "a run id", False)}
+                 "wandb_run_id": (lambda v: v is None or isinstance(v, str) and len(v) < 256, "a run id", False),
+                 "augment": (_augment_ok, "ADA's state (p, signs, count)", False)}
 
 
 def read_meta(path, resume=False):

@@ -11,6 +11,7 @@ import os
 from typing import NamedTuple
 
 from gan_dist.budgets import BYTES_PER_PARAM, MAX_PARAMS, MAX_SEED, BudgetError, check_params
+from gan_dist.networks.ada import DEFAULT_PIPE, PIPES
 from gan_dist.networks.augment import parse_policy
 from gan_dist.networks.losses import LOSSES
 from gan_dist.networks.models import ARCHS, GANConfig
@@ -68,6 +69,37 @@ def resolve_preset(args):
     args.betas_g = [args.b1, args.b2] if args.betas_g is None else args.betas_g
     args.betas_d = [args.b1, args.b2] if args.betas_d is None else args.betas_d
     return args
+
+
+ADA_DEFAULTS = {"aug_pipe": DEFAULT_PIPE, "aug_target": 0.6, "aug_interval": 4, "aug_kimg": 500.0}  # StyleGAN2-ADA's
+
+
+def resolve_aug(parser, args):
+    """--aug from --diffaug when left out; ADA's options filled, checked, and refused without --aug ada."""
+    if args.aug is None:
+        args.aug = "diffaug" if args.diffaug else "none"
+    if args.diffaug and args.aug != "diffaug":
+        parser.error(f"--diffaug {args.diffaug} is DiffAugment's policy, and --aug {args.aug} does not use it; "
+                     "pass --aug diffaug or drop --diffaug")
+    given = [name for name in ("aug_pipe", "aug_p", "aug_target", "aug_interval", "aug_kimg")
+             if getattr(args, name) is not None]
+    if args.aug != "ada":
+        if given:
+            parser.error(f"--{given[0]} is an option of --aug ada, not --aug {args.aug}; pass --aug ada or drop it")
+        return
+    if args.aug_p is not None and args.aug_target is not None:
+        parser.error("--aug_p fixes p and --aug_target adapts it; give one of the two")
+    for name, value in ADA_DEFAULTS.items():
+        if getattr(args, name) is None and not (name == "aug_target" and args.aug_p is not None):
+            setattr(args, name, value)
+    if args.aug_p is not None and not 0 <= args.aug_p <= 1:
+        parser.error(f"--aug_p must be in [0, 1], got {args.aug_p}")
+    if args.aug_target is not None and not 0 <= args.aug_target <= 1:
+        parser.error(f"--aug_target must be in [0, 1] (a mean of signs that D gets right), got {args.aug_target}")
+    if args.aug_interval < 1:
+        parser.error(f"--aug_interval must be >= 1, got {args.aug_interval}")
+    if not 0 < args.aug_kimg < math.inf:
+        parser.error(f"--aug_kimg must be > 0 and finite, got {args.aug_kimg}")
 
 
 class BatchSplit(NamedTuple):
@@ -222,8 +254,25 @@ def parse_args(argv=None):
     p.add_argument("--ema_rampup", type=float, default=None,
                    help=preset_help("ema_rampup", "grow G_ema's half-life with training: at most this fraction of "
                                                   "the images seen so far (StyleGAN2-ADA uses 0.05); None = off"))
+    p.add_argument("--aug", choices=("none", "diffaug", "ada"), default=None,
+                   help="augment every image D sees, real and fake, in both phases: diffaug (a fixed DiffAugment "
+                        "policy, --diffaug) or ada (StyleGAN2-ADA's pipeline, applied with a probability p adapted "
+                        "to D's overfitting); default diffaug when --diffaug is given, else none")
     p.add_argument("--diffaug", default="", help="DiffAugment for real and fake images in both phases, "
-                                                 "e.g. color,translation,cutout (for small datasets)")
+                                                 "e.g. color,translation,cutout (for small datasets; implies "
+                                                 "--aug diffaug, whose default policy this is)")
+    p.add_argument("--aug_pipe", choices=tuple(PIPES), default=None,
+                   help=f"--aug ada: the groups of transforms, StyleGAN2-ADA's presets: blit (flips, 90-degree "
+                        f"rotations, integer shifts), geom (scaling, rotation, fractional shifts), color, noise, "
+                        f"cutout, and their unions bg, bgc, bgcn, bgcnc (default {DEFAULT_PIPE})")
+    p.add_argument("--aug_p", type=float, default=None,
+                   help="--aug ada: a fixed probability p in [0, 1] per image and transform (no adaptation)")
+    p.add_argument("--aug_target", type=float, default=None,
+                   help="--aug ada: the r_t = E[sign(D(real))] that p steers towards (default 0.6)")
+    p.add_argument("--aug_interval", type=int, default=None,
+                   help="--aug ada: steps between adjustments of p (default 4)")
+    p.add_argument("--aug_kimg", type=float, default=None,
+                   help="--aug ada: thousands of images for p to move by 1 at the most (default 500)")
     p.add_argument("--eval_steps", type=int, default=0, help="steps between FID/KID evaluations; 0 = never")
     p.add_argument("--fid_samples", type=int, default=10000, help="generated images per FID/KID evaluation")
     p.add_argument("--inception_weights", default=None,
@@ -250,7 +299,7 @@ def parse_args(argv=None):
                         "backward each, and step the optimizers once (default 1, or from --batch_gpu). Exact for "
                         "the norm-free resnet without --mbstd_group; not for BatchNorm (--arch mlp, dcgan: "
                         "statistics of a micro-batch are not the batch's), nor the minibatch std (its groups are "
-                        "drawn from a micro-batch), nor --diffaug (transforms drawn per micro-batch)")
+                        "drawn from a micro-batch), nor --aug (transforms drawn per micro-batch)")
     p.add_argument("--batch_gpu", type=int, default=None,
                    help="most images per forward and backward (the per-GPU batch, as in StyleGAN2-ADA): a "
                         "--batch_size above it is accumulated in micro-batches of this size, which must divide it "
@@ -336,6 +385,7 @@ def parse_args(argv=None):
                 f"--mbstd_group {args.mbstd_group}; use a batch (over --pacgan) that is a multiple of it")
     if args.ema_rampup is not None and not 0 < args.ema_rampup < math.inf:
         p.error(f"--ema_rampup must be > 0 and finite, got {args.ema_rampup}")
+    resolve_aug(p, args)
     try:
         config = gan_config(args)
         parse_policy(args.diffaug)

@@ -10,8 +10,8 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from gan_dist.dirlock import DirectoryLock
 from gan_dist.evaluation.colour import DriftTracker, colour_stats
-from gan_dist.networks.augment import diff_augment, parse_policy
 from gan_dist.networks.models import build_models, count_params
+from gan_dist.training.augmentation import AdaptiveAugment, make_augment
 from gan_dist.training.checkpoint import load_checkpoint, read_meta, remove_partials, resolve_resume
 from gan_dist.training.data import check_images, first_batch, to_device_float
 from gan_dist.training.ddp import check_launch, convert_sync_bn, ddp_kwargs, process_group_kwargs
@@ -62,6 +62,7 @@ class Run:
     fixed_z: Optional[torch.Tensor] = None  # main process only: the grids' noise, the same all run
     colour_z: Optional[torch.Tensor] = None
     real_colour: Optional[dict] = None
+    ada: Optional[AdaptiveAugment] = None  # --aug ada: the pipeline, its p and r_t
 
     @property
     def global_batch(self):
@@ -156,8 +157,6 @@ def setup(args):
     opt_D = adam(D.parameters(), args.lr_d, args.betas_d, acc.device)
     G, D, opt_G, opt_D = acc.prepare(G, D, opt_G, opt_D)
     set_seed(args.seed, device_specific=True)  # each rank draws its own noise
-    policy = parse_policy(args.diffaug)
-    augment = (lambda x: diff_augment(x, policy)) if policy else None
 
     # ---- schedule, counted in steps of the global batch
     global_batch = batch.global_batch  # batch_size x processes, whatever the accumulation
@@ -179,6 +178,7 @@ def setup(args):
     G_ema = make_ema(acc.unwrap_model(G)) if args.ema_kimg > 0 else None  # after loading: a copy of G
     if G_ema is not None and resume_dir is not None and not load_ema(G_ema, resume_dir):
         acc.print("warning: the checkpoint has no G_ema; the average starts again from G")
+    augment, ada = make_augment(args, acc, global_batch, meta)  # ADA's p and pending signs from gan.json
     if args.compile and (args.r1_gamma > 0 or args.r2_gamma > 0) and compile_available():
         acc.unwrap_model(G).compile()  # in place, after G_ema's copy; D stays eager (see make_accelerator)
 
@@ -200,7 +200,7 @@ def setup(args):
               GANStep(acc, G, D, opt_G, opt_D, args.loss, augment, batch.accumulation), memory_format, data,
               progress, batch, steps_per_epoch, max_train_steps, stopper, drift, extractor,
               *(MetricsLog(acc, output_dir, kind) for kind in ("train", "samples", "eval")),
-              init_trackers(acc, args.tracker_project_name, config, output_dir, meta.get("wandb_run_id")))
+              init_trackers(acc, args.tracker_project_name, config, output_dir, meta.get("wandb_run_id")), ada=ada)
     if acc.is_main_process:
         noise = torch.Generator().manual_seed(args.seed)  # the same z for the whole run: progress is visible
         run.fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=noise).to(acc.device)

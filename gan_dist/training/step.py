@@ -130,24 +130,21 @@ class GANStep:
 
     def _discriminator_micro_batch(self, real_img, gen_img, r1_gamma, r2_gamma):
         """D's loss and penalties on one micro-batch, backpropagated with its share of the batch."""
-        aug = self.augment
+        # the penalties differentiate D's output with respect to the images before augmentation, through it, as
+        # StyleGAN2-ADA and R3GAN do (without augmentation: exactly what D saw)
+        real_img = real_img.detach().requires_grad_(bool(r1_gamma))
+        gen_img = gen_img.detach().requires_grad_(bool(r2_gamma))
         with self.accelerator.autocast():
-            real_in, fake_in = aug(real_img), aug(gen_img.detach())
-            # the penalties differentiate D's output with respect to exactly what D saw
-            if r1_gamma:
-                real_in = real_in.detach().requires_grad_(True)
-            if r2_gamma:
-                fake_in = fake_in.detach().requires_grad_(True)
-            real_logits, fake_logits = self.D(real_in), self.D(fake_in)
+            real_logits, fake_logits = self.D(self.augment(real_img)), self.D(self.augment(gen_img))
             loss_D = d_loss(real_logits, fake_logits, self.loss)
-        penalties, total_D = self.regularisation_phase(loss_D, real_logits, real_in, fake_logits, fake_in,
+        penalties, total_D = self.regularisation_phase(loss_D, real_logits, real_img, fake_logits, gen_img,
                                                        r1_gamma, r2_gamma)
         # one backward for both D forwards and the penalties: one all-reduce (on the last micro-batch)
         self.backward(total_D * (1 / self.accumulation))
         return loss_D.detach(), real_logits.detach(), fake_logits.detach(), penalties
 
     def regularisation_phase(self, loss_D, real_logits, real_in, fake_logits, fake_in, r1_gamma, r2_gamma):
-        """R1 on what D saw of the reals, R2 on the fakes: ({name: penalty}, loss_D plus the weighted penalties).
+        """R1 on the reals, R2 on the fakes, before augmentation: ({name: penalty}, loss_D plus the weighted penalties).
 
         Input gradients only (no parameter .grad, no DDP hook): their graph joins D's one backward.
         A penalty is a mean over the (micro-)batch, so it is scaled with D's loss under accumulation.

@@ -235,7 +235,8 @@ def test_a_run_with_ada_resumes_exactly(tmp_path, digits16, capsys, fresh_state)
     assert [row["aug_p"] for row in a if "aug_rt" in row] == pytest.approx([0.128, 0.256])
     metas = [json.loads((out / "checkpoints" / "checkpoint-8" / "gan.json").read_text()) for out in (straight, second)]
     assert metas[0]["augment"] == metas[1]["augment"] and metas[0]["augment"]["count"] == 0
-    assert json.loads((five / "gan.json").read_text())["augment"]["count"] == 16  # step 5's signs, counted after the adjustment at step 4
+    # step 5's signs, counted after the adjustment at step 4
+    assert json.loads((five / "gan.json").read_text())["augment"]["count"] == 16
     for name in ("model.safetensors", "model_1.safetensors", "G_ema.safetensors"):
         w = [load_file(out / "checkpoints" / "checkpoint-8" / name) for out in (straight, second)]
         assert all(torch.equal(w[0][k], w[1][k]) for k in w[0]), name

@@ -13,6 +13,9 @@ def test_the_command_may_follow_the_options(tmp_path, capsys):
         main(["--seconds", "1", "step", "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and "usage: python -m benchmarks " in out and "--repeats" in out
+    with pytest.raises(SystemExit) as e:
+        main(["--steps", "5", "small-data", "--help"])
+    assert e.value.code == 0 and "usage: python -m benchmarks small-data" in capsys.readouterr().out
 
 
 

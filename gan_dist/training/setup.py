@@ -219,7 +219,10 @@ def setup(args):
 
 
 def print_banner(run):
+    """The start banner, on rank 0 only (counting FLOPs builds the networks again, on the meta device)."""
     args, acc, m = run.args, run.accelerator, run.manifest
+    if not acc.is_main_process:
+        return
     size = f"  size {args.size} ({args.size_reason})\n" if args.size else ""
     acc.print(
         f"***** training {args.arch} on {m['count']} images {args.img_size}x{args.img_size}x{args.channels} "

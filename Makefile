@@ -89,3 +89,10 @@ QUALITY_FLAGS ?=
 bench-quality: install
 	$(BIN)/python -m benchmarks quality --kimg $(QUALITY_KIMG) --digits_kimg $(QUALITY_DIGITS_KIMG) \
 		--out $(RUNS)/bench_quality.json $(QUALITY_FLAGS)
+
+# ---- the size/speed table (docs/performance.md): parameters, GFLOPs/image and peak memory of each --size at
+# 32-256 px, images/s of small at 32 and 64 px on this CPU (1 process and 2 gloo processes); JSON + .md
+SIZES_FLAGS ?=
+.PHONY: bench-sizes
+bench-sizes: install
+	$(BIN)/python -m benchmarks sizes --out $(RUNS)/bench_sizes.json $(SIZES_FLAGS)

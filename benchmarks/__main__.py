@@ -1,7 +1,9 @@
-"""`python -m benchmarks COMMAND [options]`: speed (all, data, step, gpu) or recipe quality (quality).
+"""`python -m benchmarks COMMAND [options]`: speed (all, data, step, gpu), recipe quality (quality) or the size/speed
+table of the modern recipe's sizes (sizes).
 
     python -m benchmarks all --out runs/bench.json          # make bench
     python -m benchmarks quality --kimg 480 --out q.json    # make bench-quality
+    python -m benchmarks sizes --out sizes.json             # make bench-sizes
     python -m benchmarks quality --help                     # each command's own options
 
 The command may stand anywhere among the options (`--out r.json quality` runs the quality bench).
@@ -14,7 +16,7 @@ from benchmarks.speed import COMMANDS as SPEED_COMMANDS
 def split_command(argv):
     """(command, the other arguments): the first argument that names a command, wherever it stands."""
     for i, arg in enumerate(argv):
-        if arg == "quality" or arg in SPEED_COMMANDS:
+        if arg in ("quality", "sizes") or arg in SPEED_COMMANDS:
             return arg, argv[:i] + argv[i + 1:]
     return None, argv
 
@@ -25,6 +27,9 @@ def main(argv=None):
     if command == "quality":
         from benchmarks.quality import main as quality_main
         return quality_main(rest)
+    if command == "sizes":
+        from benchmarks.sizes import main as sizes_main
+        return sizes_main(rest)
     from benchmarks.speed import main as speed_main
     return speed_main(argv if command is None else [command, *rest])
 

@@ -43,25 +43,21 @@ from gan_dist.training.checkpoint import read_meta
 from gan_dist.training.data import load_into_memory
 from gan_dist.training.manifest import load_manifest
 
-# CPU-sized modern networks, and the R1/R2 weight their first tuning runs chose (docs/performance.md)
-CPU_SIZED = ["--preset", "modern", "--widths", "256,128,32,16", "--expansion", "1", "--group_size", "16"]
+# the modern recipe is what `--preset modern --size small` resolves to at 32 px (training/presets.py says where each
+# value was measured); R1/R2 at 0.5, the weight its first tuning runs chose, for the other recipes
+MODERN = ["--preset", "modern", "--size", "small", "--arch", "resnet"]
 GAMMA = ["--r1_gamma", "0.5", "--r2_gamma", "0.5"]
 RECIPES = {  # the flags each recipe adds to the common ones
     "vanilla": ["--preset", "vanilla"],
     "dcgan": ["--preset", "vanilla", "--arch", "dcgan"],
-    # CPU-sized: wide stages at 4x4 and 8x8 (the digits' own grid) and dense-ish 3x3 convs (expansion 1), which
-    # ran about as fast as narrower nets on one core and covered more modes at 24 kimg; a 5x rate, as these
-    # He-initialised weights are large next to Adam's steps; R1/R2 every 4th step (a penalised step costs 2.4x)
-    # R1/R2 at 2 (not 0.5) evened out each channel's digits; D's minibatch std (groups of 4) helped a little more;
-    # R1/R2 kept at 2 to the end: the preset's fall to 1/10 (R3GAN's, for far longer runs) raised a short run's KL
-    "modern": [*CPU_SIZED, "--r1_gamma", "2", "--r2_gamma", "2", "--lr", "0.001", "--reg_every", "4",
-               "--mbstd_group", "4", "--gamma_end_ratio", "1"],
+    "modern": MODERN,
     # the modern preset's loss, penalties, optimizer and schedules on the DCGAN nets (only when named)
     "modern-dcgan": ["--preset", "modern", "--arch", "dcgan", *GAMMA],
 }
-# the ten plain digits: the modern recipe with a 4-layer MLP on z, which draws fewer digits halfway between two
-# (on stacked digits it covered fewer modes, so the modern recipe goes without)
-DIGITS = [*CPU_SIZED, *GAMMA, "--lr", "0.001", "--reg_every", "4", "--mapping_layers", "4"]
+# the ten plain digits: the small recipe as it was measured before stacked digits tuned it (R1/R2 0.5 falling to a
+# tenth, no minibatch std), with a 4-layer MLP on z, which draws fewer digits halfway between two (on stacked digits
+# it covered fewer modes, so the modern recipe goes without)
+DIGITS = [*MODERN, *GAMMA, "--mbstd_group", "0", "--gamma_end_ratio", "0.1", "--mapping_layers", "4"]
 DEFAULT_RECIPES = ["vanilla", "dcgan", "modern", "digits"]
 
 

@@ -5,6 +5,7 @@ import pytest
 from conftest import ROOT, run_module, train_rows
 
 from gan_dist.training.options import parse_args
+from gan_dist.training.presets import modern_values
 
 
 def test_a_run_repeats_from_its_own_args_json(tmp_path, digits16):
@@ -28,16 +29,19 @@ def test_resolved_values_round_trip_and_flags_win(tmp_path):
     args = parse_args(["--data", "d", "--preset", "modern", "--img_size", "64", "--lr_d", "0.001"])
     path = tmp_path / "args.json"
     path.write_text(json.dumps(vars(args)))
-    assert {**vars(parse_args(["--config", str(path)])), "config": None} == vars(args)
+    repeated = parse_args(["--config", str(path)])
+    assert repeated.size_reason.startswith("--size")  # the file names the size now, not the device
+    assert {**vars(repeated), "config": None, "size_reason": None} == {**vars(args), "size_reason": None}
     overridden = parse_args(["--config", str(path), "--r1_gamma", "3", "--data", "other"])
     assert overridden.r1_gamma == 3.0 and overridden.data == "other" and overridden.lr_d == 0.001
 
 
 def test_yaml_with_a_preset_fills_the_rest(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("preset: modern\ndata: shards/x\nimg_size: 32\nbetas_g: '0,0.9'\n")
+    path.write_text("preset: modern\ndata: shards/x\nimg_size: 32\nbetas_g: '0,0.9'\ncpu: true\n")
     args = parse_args(["--config", str(path)])
-    assert args.arch == "resnet" and args.loss == "rpgan" and args.r1_gamma == 0.05 and args.betas_g == [0.0, 0.9]
+    assert args.arch == "resnet" and args.loss == "rpgan" and args.betas_g == [0.0, 0.9]
+    assert args.size == "small" and args.r1_gamma == modern_values("small", 32)["r1_gamma"]
 
 
 @pytest.mark.parametrize("text, message", [

@@ -12,6 +12,7 @@ from test_learning import digit_score
 from gan_dist.evaluation.digits import channel_features, fit_judge
 from gan_dist.networks.models import GANConfig, build_models, generate
 from gan_dist.training.options import GAMMA_FOR_RES, parse_args
+from gan_dist.training.presets import modern_values
 
 TINY = ("--widths", "32,32,16,8", "--group_size", "8", "--latent_dim", "32")
 
@@ -34,7 +35,7 @@ def test_default_flags_are_the_vanilla_recipe():
 def test_modern_preset_and_explicit_flags_override_it():
     args = parse_args(["--data", "x", "--preset", "modern", "--img_size", "64"])
     assert (args.arch, args.loss, args.betas_g, args.schedule) == ("resnet", "rpgan", [0.0, 0.99], "cosine")
-    assert args.r1_gamma == args.r2_gamma == GAMMA_FOR_RES[64]
+    assert args.r1_gamma == args.r2_gamma == modern_values(args.size, 64)["r1_gamma"]
     args = parse_args(["--data", "x", "--preset", "modern", "--img_size", "32", "--r2_gamma", "0", "--lr", "1e-3",
                        "--lr_d", "5e-4", "--b1", "0.5", "--betas_d", "0.1,0.9", "--arch", "dcgan"])
     assert (args.r1_gamma, args.r2_gamma, args.lr_g, args.lr_d) == (GAMMA_FOR_RES[32], 0.0, 1e-3, 5e-4)
@@ -86,7 +87,7 @@ def test_modern_resume_with_mirror_and_lazy_penalties_is_bit_exact(tmp_path, dig
     assert "r1" in logged[0] and "r2" in logged[0]  # penalties logged on the steps that apply them
     args = json.loads((straight / "args.json").read_text())
     assert (args["arch"], args["loss"], args["betas_d"], args["r1_gamma"], args["r2_gamma"], args["mirror"]) == (
-        "resnet", "rpgan", [0.0, 0.99], 1.0, GAMMA_FOR_RES[32], True)
+        "resnet", "rpgan", [0.0, 0.99], 1.0, modern_values("small", 32)["r2_gamma"], True)  # --cpu: size small
     meta = json.loads((straight / "checkpoints" / "checkpoint-6" / "gan.json").read_text())
     assert meta["gan_config"]["widths"] == [32, 32, 16, 8] and meta["gan_config"]["arch"] == "resnet"
     assert meta["gan_config"]["mapping_layers"] == 2  # gan_dist.sample below rebuilds G's mapping MLP from it

@@ -12,12 +12,13 @@ import torch.nn as nn
 
 from gan_dist.networks.pacgan import pacgan_inputs
 from gan_dist.networks.resnet import ResNetDiscriminator, ResNetGenerator, stage_widths
+from gan_dist.networks.sizes import SIZES
 
 ARCHS = ("mlp", "dcgan", "resnet")
 # recorded only for --arch resnet
-RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion", "mapping_layers", "mbstd_group")
+RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion", "mapping_layers", "mbstd_group", "size")
 # fields added after gan.json was first written, and the value that leaves each one out of it
-LATER_FIELDS = {"mapping_layers": 0, "pacgan": 1, "mbstd_group": 0}
+LATER_FIELDS = {"mapping_layers": 0, "pacgan": 1, "mbstd_group": 0, "size": ""}
 MAX_MLP_PARAMS = 2**30  # the MLP G's last layer grows with the image: 4 GiB of float32 weights at most
 
 
@@ -38,6 +39,8 @@ class GANConfig:
     mapping_layers: int = 0  # resnet only: hidden layers of the MLP that maps z before G's 4x4 stage
     pacgan: int = 1  # D judges this many images at once, stacked along the channels (PacGAN)
     mbstd_group: int = 0  # resnet only: D sees the std of its features over groups of this many inputs (0 = off)
+    size: str = ""  # resnet only: the --size row (networks/sizes.py) the run started from; "" = none (a label only:
+    # the fields above hold the networks as built, given flags included)
 
     def __post_init__(self):
         for name, low, high in (("latent_dim", 1, 4096), ("img_size", 1, 1024), ("channels", 1, 3),
@@ -68,6 +71,9 @@ class GANConfig:
                              f"least one block in all, got {self.blocks!r}")
         if not all(type(w) is int for w in self.widths):
             raise ValueError(f"--widths must be whole numbers of channels, got {list(self.widths)}")
+        if self.size not in ("", *SIZES) or (self.size and self.arch != "resnet"):
+            raise ValueError(f"--size must be one of {', '.join(SIZES)} with --arch resnet, got --size "
+                             f"{self.size!r} with --arch {self.arch}")
         if self.mbstd_group and self.arch != "resnet":
             raise ValueError(f"--mbstd_group is for --arch resnet, got --arch {self.arch}; leave it at 0")
         if self.arch == "resnet":

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import yaml
 
-# a run's args.json names the file it was read from, and records how its batch split (derived, not an option)
-IGNORED = {"config", "batch_split"}
+# a run's args.json names the file it was read from, and records how its batch split and why its --size (derived,
+# not options)
+IGNORED = {"config", "batch_split", "size_reason"}
 MAX_BYTES = 1 << 20
 
 

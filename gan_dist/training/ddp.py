@@ -3,6 +3,7 @@
 - `check_launch`: the launcher started N processes but Accelerate formed a group of
   another size, e.g. torchrun on a GPU-less machine without --cpu, which gives N
   separate, duplicated trainings and no error.
+- `check_same_choice`: every rank resolved a device-dependent default (such as `--size`) alike.
 - `check_consistency`: every rank holds bit-identical parameters and buffers (after
   StyleGAN2-ADA's check_ddp_consistency). Called on every rank; it is a collective.
 """
@@ -29,6 +30,18 @@ def check_launch(accelerator):
             f"{accelerator.num_processes} ({accelerator.distributed_type}); each process would train "
             "its own duplicate model. On a machine without GPUs pass --cpu (or set "
             "ACCELERATE_USE_CPU=1); on GPUs check that every process sees a CUDA device.")
+
+
+def check_same_choice(accelerator, what, value, fix):
+    """Raise DistributedError unless every rank made the same choice `value` (a small picklable thing) for `what`;
+    a collective, so every rank calls it. `fix` tells the user how to make the ranks agree."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import gather_object
+    values = gather_object([value])
+    if any(v != values[0] for v in values):
+        each = ", ".join(f"rank {rank}: {v}" for rank, v in enumerate(values))
+        raise DistributedError(f"the processes chose {what} differently ({each}); {fix}")
 
 
 def ddp_kwargs(bucket_cap_mb=25, comm_hook="no"):

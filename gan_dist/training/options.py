@@ -3,7 +3,8 @@
 A preset fills the recipe's options that the command line leaves out: `vanilla` is the
 vanilla recipe (PyTorch-GAN's gan.py MLP, BCE, Adam 2e-4 (0.5, 0.999)), `modern` an R3GAN-style
 one (residual nets, relativistic loss with R1 + R2, Adam (0, 0.99), cosine decay, G_ema with
-a ramp-up). Those options default to None here, so an explicit flag always wins.
+a ramp-up), whose networks and some values depend on --size (training/presets.py). Those options
+default to None here, so an explicit flag always wins.
 """
 import argparse
 import math
@@ -15,23 +16,31 @@ from gan_dist.networks.ada import DEFAULT_PIPE, PIPES
 from gan_dist.networks.augment import parse_policy
 from gan_dist.networks.losses import LOSSES
 from gan_dist.networks.models import ARCHS, GANConfig
+from gan_dist.networks.sizes import SIZES, TABLE
 from gan_dist.training.config_file import apply_config
 from gan_dist.training.ddp import COMM_HOOKS
+from gan_dist.training.presets import GAMMA_FOR_RES, MODERN, modern_values, resolve_size
 
-# R3GAN's gamma per resolution: CIFAR-10 at 32, FFHQ at 64 and 256; 128 geometrically between.
-# Other sizes (only --arch mlp/dcgan take them) use StyleGAN2-ADA's heuristic 0.0002 x size^2 / batch.
-GAMMA_FOR_RES = {32: 0.05, 64: 2.0, 128: 17.0, 256: 150.0}
+# --preset modern on --arch mlp/dcgan (no --size): R3GAN's gamma per resolution (GAMMA_FOR_RES); other sizes (only
+# mlp/dcgan take them) use StyleGAN2-ADA's heuristic 0.0002 x size^2 / batch. On --arch resnet, --size decides.
 PRESETS = {
     "vanilla": {"arch": "mlp", "loss": "bce", "r1_gamma": 0.0, "r2_gamma": 0.0, "lr": 0.0002, "b1": 0.5,
                 "b2": 0.999, "ema_kimg": 10.0, "ema_rampup": None, "schedule": "constant"},
     "modern": {"arch": "resnet", "loss": "rpgan", "r1_gamma": "for --img_size", "r2_gamma": "for --img_size",
                "lr": 0.0002, "b1": 0.0, "b2": 0.99, "ema_kimg": 5.0, "ema_rampup": 0.05, "schedule": "cosine"},
 }
+# what options a preset leaves alone default to (the values they had before presets filled them)
+FALLBACK = {"reg_every": 1, "mbstd_group": 0, "gamma_end_ratio": 0.1, "width": 64, "blocks": 1, "group_size": 16,
+            "expansion": 2}
 
 
 def preset_help(name, text=""):
-    values = ", ".join(f"{preset} {table[name]}" for preset, table in PRESETS.items())
-    return f"{text} (default from --preset: {values})".strip()
+    by_size = name in MODERN["small"]  # the modern preset's value on --arch resnet depends on --size
+    values = [f"{preset}{' on mlp/dcgan' if by_size and preset == 'modern' else ''} {table[name]}"
+              for preset, table in PRESETS.items() if name in table]
+    if by_size:
+        values.append("modern on resnet: by --size, docs/training.md")
+    return f"{text} (default from --preset: {', '.join(values)})".strip()
 
 
 def parse_betas(text):
@@ -58,8 +67,13 @@ def parse_widths(text):
 
 
 def resolve_preset(args):
-    """Fill the options left at None from the preset, then the per-network ones from the shared ones."""
-    for name, value in PRESETS[args.preset].items():
+    """Fill the options left at None from the preset (on --arch resnet, for its --size: presets.py), then the
+    per-network ones from the shared ones. ValueError for --size on another arch."""
+    values = dict(PRESETS[args.preset])
+    resolve_size(args, args.arch or values["arch"])
+    if args.preset == "modern" and args.size and args.img_size in TABLE[args.size]:
+        values.update(modern_values(args.size, args.img_size))
+    for name, value in {**FALLBACK, **values}.items():
         if getattr(args, name) is None:
             if name in ("r1_gamma", "r2_gamma") and isinstance(value, str):
                 value = GAMMA_FOR_RES.get(args.img_size, 0.0002 * args.img_size ** 2 / args.batch_size)
@@ -157,7 +171,7 @@ def gan_config(args):
     return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
                      widths=tuple(args.widths or ()), blocks=args.blocks, group_size=args.group_size,
                      expansion=args.expansion, mapping_layers=args.mapping_layers, pacgan=args.pacgan,
-                     mbstd_group=args.mbstd_group)
+                     mbstd_group=args.mbstd_group, size=args.size or "")
 
 
 def parse_args(argv=None):
@@ -201,33 +215,41 @@ def parse_args(argv=None):
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help=preset_help("arch", "mlp: the vanilla MLP pair; dcgan: conv nets; resnet: R3GAN-style"))
     # the recipe: networks, loss, penalties, optimizers and schedules
-    p.add_argument("--width", type=int, default=64, help="resnet: channels per stage up to 32x32, halved above")
+    p.add_argument("--size", choices=SIZES, default=None,
+                   help="resnet: the networks' size (widths, blocks, expansion, group size per resolution; "
+                        "docs/training.md); with --preset modern also its size's recipe. Default with --preset "
+                        "modern: small on the CPU, base on a CUDA GPU; the flags below win over it")
+    p.add_argument("--width", type=int, default=None,
+                   help="resnet: channels per stage up to 32x32, halved above (default: --size's widths, else 64)")
     p.add_argument("--widths", type=parse_widths, default=None,
                    help="resnet: channels per stage from 4x4 up to --img_size, e.g. 64,64,32,16 at 32 px")
-    p.add_argument("--blocks", type=parse_blocks, default=1,
+    p.add_argument("--blocks", type=parse_blocks, default=None,
                    help="resnet: residual blocks per stage, or one count per stage from 4x4 up (e.g. 2,2,1,1); "
-                        "0 leaves a stage with its resampling alone")
-    p.add_argument("--group_size", type=int, default=16, help="resnet: channels per group in the grouped 3x3 convs")
-    p.add_argument("--expansion", type=int, default=2, help="resnet: inner width of a block / its width")
+                        "0 leaves a stage with its resampling alone (default: --size's, else 1)")
+    p.add_argument("--group_size", type=int, default=None,
+                   help="resnet: channels per group in the grouped 3x3 convs (default: --size's, else 16)")
+    p.add_argument("--expansion", type=int, default=None,
+                   help="resnet: inner width of a block / its width (default: --size's, else 2)")
     p.add_argument("--mapping_layers", type=int, default=0,
                    help="resnet: hidden layers of an MLP on z before G's first stage (0: a linear map only)")
     p.add_argument("--pacgan", type=int, default=1,
                    help="D judges this many images at once, stacked along the channels (PacGAN; 1 = off); "
                         "--batch_size must be a multiple")
-    p.add_argument("--mbstd_group", type=int, default=0,
-                   help="resnet: D also sees the std of its 4x4 features over groups of this many inputs "
-                        "(StyleGAN's minibatch std; 0 = off); the (micro-)batch per process over --pacgan must be a "
-                        "multiple")
+    p.add_argument("--mbstd_group", type=int, default=None,
+                   help=preset_help("mbstd_group", "resnet: D also sees the std of its 4x4 features over groups of "
+                                    "this many inputs (StyleGAN's minibatch std; 0 = off); the (micro-)batch per "
+                                    "process over --pacgan must be a multiple; default 0"))
     p.add_argument("--loss", choices=LOSSES, default=None,
                    help=preset_help("loss", "bce: the vanilla BCE; hinge; rpgan: relativistic pairing"))
     p.add_argument("--r1_gamma", type=float, default=None,
                    help=preset_help("r1_gamma", "weight of the R1 penalty on reals (D loss + gamma/2 R1); 0 = off; "
-                                                "modern uses " + ", ".join(f"{g:g} at {r}" for r, g in
+                                                "modern on mlp/dcgan: " + ", ".join(f"{g:g} at {r}" for r, g in
                                                                            GAMMA_FOR_RES.items())))
     p.add_argument("--r2_gamma", type=float, default=None,
                    help=preset_help("r2_gamma", "weight of the R2 penalty on fakes; 0 = off"))
-    p.add_argument("--reg_every", type=int, default=1,
-                   help="lazy regularisation: penalise every N steps with gamma x N (1 = every step)")
+    p.add_argument("--reg_every", type=int, default=None,
+                   help=preset_help("reg_every", "lazy regularisation: penalise every N steps with gamma x N "
+                                    "(1 = every step); default 1"))
     p.add_argument("--lr_g", type=float, default=None, help="G's learning rate (default --lr)")
     p.add_argument("--lr_d", type=float, default=None, help="D's learning rate (default --lr)")
     p.add_argument("--betas_g", type=parse_betas, default=None, help="G's Adam betas B1,B2 (default --b1,--b2)")
@@ -239,7 +261,8 @@ def parse_args(argv=None):
                    help="length of the cosine decay in thousands of images (default: the whole run); set it to "
                         "resume or extend a run on the same schedule")
     p.add_argument("--lr_end_ratio", type=float, default=0.25, help="final / initial learning rate with cosine")
-    p.add_argument("--gamma_end_ratio", type=float, default=0.1, help="final / initial gamma with cosine")
+    p.add_argument("--gamma_end_ratio", type=float, default=None,
+                   help=preset_help("gamma_end_ratio", "final / initial gamma with cosine; default 0.1"))
     p.add_argument("--mirror", action="store_true",
                    help="flip half of the real images horizontally (seeded by step and rank: resumes exactly); "
                         "not for data whose mirror image is another thing, such as digits")
@@ -334,7 +357,7 @@ def parse_args(argv=None):
     if args.data is None:
         p.error("--data is required (on the command line or in --config)")
     for name in ("n_epochs", "batch_size", "sample_interval", "log_steps", "checkpointing_steps", "n_samples",
-                 "fid_samples", "colour_samples", "reg_every", "max_params"):
+                 "fid_samples", "colour_samples", "max_params"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     for name, most in (("n_samples", 1024), ("colour_samples", 10_000), ("fid_samples", 1_000_000)):
@@ -342,7 +365,12 @@ def parse_args(argv=None):
             p.error(f"--{name} must be at most {most:,}, got {getattr(args, name):,}")
     if not 0 <= args.seed <= MAX_SEED:
         p.error(f"--seed must be from 0 to {MAX_SEED} (numpy's seeds are 32-bit), got {args.seed}")
-    resolve_preset(args)
+    try:
+        resolve_preset(args)
+    except ValueError as e:
+        p.error(str(e))
+    if args.reg_every < 1:
+        p.error(f"--reg_every must be >= 1, got {args.reg_every}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         p.error(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:

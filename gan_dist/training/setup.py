@@ -10,11 +10,12 @@ from accelerate.utils import ProjectConfiguration, set_seed
 
 from gan_dist.dirlock import DirectoryLock
 from gan_dist.evaluation.colour import DriftTracker, colour_stats
-from gan_dist.networks.models import build_models, count_params
+from gan_dist.networks.models import build_models
+from gan_dist.networks.sizes import describe, network_figures
 from gan_dist.training.augmentation import AdaptiveAugment, make_augment
 from gan_dist.training.checkpoint import load_checkpoint, read_meta, remove_partials, resolve_resume
 from gan_dist.training.data import check_images, first_batch, to_device_float
-from gan_dist.training.ddp import check_launch, convert_sync_bn, ddp_kwargs, process_group_kwargs
+from gan_dist.training.ddp import check_launch, check_same_choice, convert_sync_bn, ddp_kwargs, process_group_kwargs
 from gan_dist.training.ema import load_ema, make_ema
 from gan_dist.training.manifest import check_batch, check_matches, load_manifest
 from gan_dist.training.options import BatchSplit, split_batch
@@ -96,7 +97,10 @@ def read_resume_point(args, output_dir, gan_config):
     """The checkpoint to resume from and its metadata ({} when starting fresh), checked against this run."""
     resume_dir = resolve_resume(args.resume_from_checkpoint, output_dir)
     meta = read_meta(resume_dir, resume=True) if resume_dir is not None else {}
-    if meta and meta["gan_config"] != gan_config.to_dict():
+    ours = gan_config.to_dict()
+    if meta and "size" not in meta["gan_config"]:  # saved before --size: the networks' fields alone must match
+        ours.pop("size", None)
+    if meta and meta["gan_config"] != ours:
         raise UsageError(f"checkpoint {resume_dir} was made for {meta['gan_config']}, not {gan_config.to_dict()}; "
                          "resume with the same --arch/--img_size/--channels/--latent_dim or use a new --output_dir")
     return resume_dir, meta
@@ -137,6 +141,7 @@ def setup(args):
     set_backends(args.allow_tf32, args.cudnn_benchmark)
     acc = make_accelerator(args, output_dir)
     check_launch(acc)
+    check_same_choice(acc, "--size", args.size, "some see a CUDA GPU and others do not: pass --size")
     stopper = StopSignal(acc)
     batch = BatchSplit(*split_batch(args.batch_size, args.gradient_accumulation_steps, args.batch_gpu),
                        acc.num_processes)
@@ -214,10 +219,14 @@ def setup(args):
 
 
 def print_banner(run):
+    """The start banner, on rank 0 only (counting FLOPs builds the networks again, on the meta device)."""
     args, acc, m = run.args, run.accelerator, run.manifest
+    if not acc.is_main_process:
+        return
+    size = f"  size {args.size} ({args.size_reason})\n" if args.size else ""
     acc.print(
         f"***** training {args.arch} on {m['count']} images {args.img_size}x{args.img_size}x{args.channels} "
-        f"*****\n  G {count_params(run.G) / 1e6:.2f}M parameters, D {count_params(run.D) / 1e6:.2f}M\n"
+        f"*****\n{size}  {describe(network_figures(run.gan_config))}\n"
         f"  data {run.data.description}\n"
         f"  processes {acc.num_processes} ({acc.distributed_type}, {acc.state.backend or 'no process group'}, "
         f"{acc.device}), mixed precision {acc.mixed_precision}\n"

@@ -203,6 +203,11 @@ def _cache_valid(path, digest):
         return False
 
 
+def real_subset(n, num_real):
+    """Which num_real of n real images the features are taken of, when fewer than all (a fixed random subset)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:num_real]
+
+
 def real_features(accelerator, extractor, real_images, data, num_real=None, cache_dir=None, batch_size=64,
                   subset="memory"):
     """Features of up to `num_real` real images, from the cache or computed on all ranks and gathered.
@@ -230,7 +235,7 @@ def real_features(accelerator, extractor, real_images, data, num_real=None, cach
             return f.get_tensor("features").to(accelerator.device), path, True
     images = real_images() if callable(real_images) else real_images
     if num_real < len(images):
-        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:num_real]]
+        images = images[real_subset(len(images), num_real)]
     num_real = min(num_real, len(images))  # the manifest may count images that failed to decode
     idx = _rank_indices(num_real, accelerator)
     mine = _features(extractor, images[idx].split(batch_size), accelerator.device)
@@ -245,7 +250,7 @@ def real_features(accelerator, extractor, real_images, data, num_real=None, cach
 
 
 @torch.no_grad()
-def generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size=64, seed=0):
+def generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size=64, seed=0, classes=None):
     """Features of `num_gen` images of G, split over the ranks and gathered (every rank must call this).
 
     Args:
@@ -253,13 +258,18 @@ def generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_siz
         latent_dim: size of z.
         num_gen: images to generate over all ranks.
         seed: draws the latents; the same images for any number of ranks.
+        classes: for a conditional G, the class id of each image (num_gen,).
     """
     z = torch.randn(num_gen, latent_dim, generator=torch.Generator().manual_seed(seed))
     idx = _rank_indices(num_gen, accelerator)
     was_training = G.training
     G.eval()
     try:
-        batches = (G(zb.to(accelerator.device)) for zb in z[idx].split(batch_size))
+        if classes is None:
+            batches = (G(zb.to(accelerator.device)) for zb in z[idx].split(batch_size))
+        else:
+            batches = (G(zb.to(accelerator.device), cb.to(accelerator.device))
+                       for zb, cb in zip(z[idx].split(batch_size), classes[idx].split(batch_size)))
         mine = _features(extractor, batches, accelerator.device)
     finally:
         G.train(was_training)
@@ -308,7 +318,8 @@ def fid_kid(real_feats, gen_feats, kid_subsets=100, kid_subset_size=1000, seed=0
 
 
 def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=10000, num_real=None,
-             cache_dir=None, batch_size=64, seed=0, kid_subsets=100, kid_subset_size=1000, real_subset="memory"):
+             cache_dir=None, batch_size=64, seed=0, kid_subsets=100, kid_subset_size=1000, real_subset="memory",
+             classes=None):
     """FID and KID of G against the dataset; every rank must call it and gets the same result.
 
     Args:
@@ -323,6 +334,7 @@ def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=1
         cache_dir, batch_size, real_subset: see `real_features` (its `subset`).
         seed: latents and KID subsets.
         kid_subsets, kid_subset_size: see `fid_kid`.
+        classes: for a conditional G, the class id of each generated image (num_gen,).
 
     Returns:
         {"fidN": float, "kidN": float, "kidN_std": float, "eval_num_gen": int, "eval_num_real": int,
@@ -330,7 +342,7 @@ def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=1
     """
     real, _, cached = real_features(accelerator, extractor, real_images, data, num_real or num_gen, cache_dir,
                                     batch_size, real_subset)
-    gen = generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size, seed)
+    gen = generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size, seed, classes)
     fid, kid, kid_std = fid_kid(real, gen, kid_subsets, kid_subset_size, seed)
     return {metric_name("fid", num_gen): fid, metric_name("kid", num_gen): kid,
             f"{metric_name('kid', num_gen)}_std": kid_std, "eval_num_gen": num_gen, "eval_num_real": len(real),

@@ -203,7 +203,7 @@ def _cache_valid(path, digest):
         return False
 
 
-def real_subset(n, num_real):
+def real_subset_index(n, num_real):
     """Which num_real of n real images the features are taken of, when fewer than all (a fixed random subset)."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:num_real]
 
@@ -235,7 +235,7 @@ def real_features(accelerator, extractor, real_images, data, num_real=None, cach
             return f.get_tensor("features").to(accelerator.device), path, True
     images = real_images() if callable(real_images) else real_images
     if num_real < len(images):
-        images = images[real_subset(len(images), num_real)]
+        images = images[real_subset_index(len(images), num_real)]
     num_real = min(num_real, len(images))  # the manifest may count images that failed to decode
     idx = _rank_indices(num_real, accelerator)
     mine = _features(extractor, images[idx].split(batch_size), accelerator.device)
@@ -319,7 +319,7 @@ def fid_kid(real_feats, gen_feats, kid_subsets=100, kid_subset_size=1000, seed=0
 
 def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=10000, num_real=None,
              cache_dir=None, batch_size=64, seed=0, kid_subsets=100, kid_subset_size=1000, real_subset="memory",
-             classes=None):
+             classes=None, real_labels=None):
     """FID and KID of G against the dataset; every rank must call it and gets the same result.
 
     Args:
@@ -335,19 +335,34 @@ def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=1
         seed: latents and KID subsets.
         kid_subsets, kid_subset_size: see `fid_kid`.
         classes: for a conditional G, the class id of each generated image (num_gen,).
+        real_labels: with `classes`, the class id of each of `real_images` (N,): the result then has FID/KID per
+            class too, each class's generated images against its real ones.
 
     Returns:
         {"fidN": float, "kidN": float, "kidN_std": float, "eval_num_gen": int, "eval_num_real": int,
-         "eval_tool": str, "eval_resize": str, "eval_real_cached": bool}
+         "eval_tool": str, "eval_resize": str, "eval_real_cached": bool}, and with `real_labels`
+        "per_class": {class id: {"fid", "kid", "kid_std", "num_gen", "num_real"}} for each class with at least two
+        generated and two real images.
     """
     real, _, cached = real_features(accelerator, extractor, real_images, data, num_real or num_gen, cache_dir,
                                     batch_size, real_subset)
     gen = generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size, seed, classes)
     fid, kid, kid_std = fid_kid(real, gen, kid_subsets, kid_subset_size, seed)
-    return {metric_name("fid", num_gen): fid, metric_name("kid", num_gen): kid,
-            f"{metric_name('kid', num_gen)}_std": kid_std, "eval_num_gen": num_gen, "eval_num_real": len(real),
-            "eval_tool": tool_name(extractor), "eval_resize": getattr(extractor, "resize", "none"),
-            "eval_real_cached": cached}
+    result = {metric_name("fid", num_gen): fid, metric_name("kid", num_gen): kid,
+              f"{metric_name('kid', num_gen)}_std": kid_std, "eval_num_gen": num_gen, "eval_num_real": len(real),
+              "eval_tool": tool_name(extractor), "eval_resize": getattr(extractor, "resize", "none"),
+              "eval_real_cached": cached}
+    if classes is not None and real_labels is not None:
+        if len(real) < len(real_labels):  # the subset real_features took
+            real_labels = real_labels[real_subset_index(len(real_labels), len(real))]
+        result["per_class"] = {}
+        for k in sorted(set(classes.tolist()) & set(real_labels.tolist())):
+            mine_real, mine_gen = real[real_labels.to(real.device) == k], gen[classes.to(gen.device) == k]
+            if min(len(mine_real), len(mine_gen)) >= 2:
+                fid_k, kid_k, kid_std_k = fid_kid(mine_real, mine_gen, kid_subsets, kid_subset_size, seed)
+                result["per_class"][k] = {"fid": fid_k, "kid": kid_k, "kid_std": kid_std_k,
+                                          "num_gen": len(mine_gen), "num_real": len(mine_real)}
+    return result
 
 
 def format_result(result):

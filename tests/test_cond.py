@@ -115,8 +115,8 @@ def test_every_arch_takes_classes_in_G_and_D(arch, size, extra):
 
 @pytest.mark.parametrize("precision,accumulation", [("no", 1), ("bf16", 2)])
 def test_a_step_draws_fakes_for_the_real_batchs_classes_only(fresh_state, precision, accumulation):
-    """Reals of classes 0 and 1 only (in one batch, or two micro-batches): G's embedding and D's projection of class 2 get no
-    gradient, so a fresh Adam leaves those rows exactly as they were; the rows of 0 and 1 move."""
+    """Reals of classes 0 and 1 only (in one batch, or two micro-batches): G's embedding and D's projection of
+    class 2 get no gradient, so a fresh Adam leaves those rows exactly as they were; the rows of 0 and 1 move."""
     accelerator = Accelerator(cpu=True, mixed_precision=precision)
     torch.manual_seed(0)
     G, D = build_models(GANConfig("resnet", latent_dim=8, img_size=32, channels=1, widths=(16, 16, 8, 8),

@@ -198,6 +198,8 @@ def test_sample_class_on_an_unconditional_generator_is_refused():
 
 def test_conditional_export_round_trip_samples_by_class_name(cond_run, tmp_path, capsys, monkeypatch):
     pytest.importorskip("huggingface_hub", reason="the hf extra is not installed: pip install '.[hf]'")
+    from huggingface_hub import ModelCard
+
     from gan_dist.evaluation import export as export_mod
     from gan_dist.evaluation.sample import latents, load_generator, to_pil
     from gan_dist.networks.hub import HubGenerator
@@ -209,6 +211,8 @@ def test_conditional_export_round_trip_samples_by_class_name(cond_run, tmp_path,
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["gan_config"]["classes"] == CLASSES
     card = (tmp_path / "model" / "README.md").read_text()
+    tags = ModelCard(card).data.tags
+    assert "class-conditional" in tags and "unconditional-image-generation" not in tags
     assert "class-conditional image generator of 3 classes (across, down, dot)" in card and "--class across" in card
     grid = Image.open(tmp_path / "model" / "samples.png")
     assert grid.size == (2 * 18 + 2, 3 * 18 + 2)  # a row per class, 2 columns (a square grid of 4)

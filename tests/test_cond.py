@@ -90,6 +90,29 @@ def test_labels_out_of_range_count_as_damaged_samples(toy3):
     assert skipped == 8 and len(images) == 40 and labels.max() == 1
 
 
+def drawn_class(img):
+    """The class a toy image shows, from its pixels: a 3x3 dot, or a bar across or down."""
+    white = img[0] > 127
+    return 2 if white.sum() == 9 else 0 if white.any(1).sum() == 3 else 1
+
+
+@pytest.mark.parametrize("where", ["streamed", "in memory"])
+def test_each_batch_carries_its_images_own_labels(toy3, where):
+    from gan_dist.training.data import epoch_batches, memory_epoch_batches
+    manifest, urls = load_manifest(toy3)
+    if where == "streamed":
+        batches = epoch_batches(urls, 8, 5, 0, 0, num_workers=1, num_classes=3)
+    else:
+        (images, labels), _ = load_into_memory(urls, num_classes=3)
+        batches = memory_epoch_batches(images, 8, 3, 0, 0, rank=1, world_size=2, labels=labels)  # 24 of 48
+    seen = []
+    for (images, labels), skipped in batches:
+        assert images.shape == (8, 1, 16, 16) and labels.dtype == torch.int64 and skipped == 0
+        assert labels.tolist() == [drawn_class(img) for img in images]
+        seen += labels.tolist()
+    assert len(seen) == (40 if where == "streamed" else 24) and set(seen) == {0, 1, 2}
+
+
 @pytest.mark.parametrize("arch,size,extra", [("mlp", 16, {}), ("dcgan", 32, {"base_width": 8}),
                                              ("resnet", 32, {"widths": (16, 16, 8, 8), "group_size": 8})])
 def test_every_arch_takes_classes_in_G_and_D(arch, size, extra):

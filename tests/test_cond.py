@@ -2,13 +2,14 @@
 evaluation by class, and the unconditional formats left as they were."""
 import json
 import math
+import shutil
 import tarfile
 
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import call_main, run_torchrun
+from conftest import call_main, run_module, run_torchrun
 from conftest import train_rows as rows
 from PIL import Image
 
@@ -167,6 +168,24 @@ def test_two_ranks_train_class_conditional_in_sync(cond_run):
     assert meta["gan_config"]["classes"] == CLASSES
     # one row per class of 3 columns (a square grid of --n_samples 9), 16 px cells with 2 px padding
     assert Image.open(out / "samples" / "samples_0000004.png").size == (3 * 18 + 2, 3 * 18 + 2)
+
+
+def test_a_conditional_run_resumes_exactly_and_refuses_to_resume_unconditional(cond_run, toy3, tmp_path):
+    from safetensors.torch import load_file
+    out, _ = cond_run
+    resumed = tmp_path / "run"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "checkpoint-4")
+    args = ["--cpu", "--data", toy3, "--img_size", 16, "--channels", 1, "--batch_size", 8, "--n_cpu", 0,
+            "--max_train_steps", 4, "--log_steps", 2, "--checkpointing_steps", 2, "--sample_interval", 2,
+            "--n_samples", 9, "--output_dir", resumed, "--report_to", "none", "--resume_from_checkpoint", "latest"]
+    r = run_torchrun([*args, "--cond"], timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("model.safetensors", "model_1.safetensors", "G_ema.safetensors"):
+        a, b = (load_file(d / "checkpoints" / "checkpoint-4" / name) for d in (out, resumed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    r = run_module("gan_dist.train", *args)  # the same run without --cond
+    assert r.returncode != 0 and "/--cond or use a new --output_dir" in r.stderr
 
 
 def sample(capsys, *args):

@@ -68,7 +68,9 @@ def test_the_manifest_names_the_classes_and_counts_them(toy3):
     with tarfile.open(toy3 / "train-000002.tar") as tar:  # the last shard: images 32 to 47, in source order
         labels = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".cls")]
     assert labels == [b"1"] * 8 + [b"2"] * 8  # the class's number as decimal text
-    for bad in ({"class_counts": [24, 16, 7]}, {"classes": ["across", "across", "dot"]}, {"classes": "abc"}):
+    for bad in ({"class_counts": [24, 16]}, {"class_counts": [24, 16, -1]}, {"class_counts": [0, 0, 0]},
+                {"class_counts": [24, 16, 2**60]}, {"classes": ["across", "across", "dot"]}, {"classes": "abc"},
+                {"classes": None}):
         with pytest.raises(DataError):
             check_manifest({**manifest, **bad}, "manifest.json")
 

@@ -14,10 +14,28 @@ BYTES_PER_PARAM = 20  # training: weights, gradients and two Adam moments (16), 
 MAX_SAMPLE_BYTES = 4 << 30  # images and latents a sampling command holds in memory
 MAX_STEP = 10**9  # a checkpoint's step: no real run gets near it
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_CLASSES = 65_536  # class labels of a pack or a conditional network (ImageNet-21k has about 21,000)
+MAX_CLASS_NAME = 200  # characters in one class name
 
 
 class BudgetError(ValueError):
     """A size from outside above its budget; the message names it and the limit."""
+
+
+def class_names_problem(names):
+    """What is wrong with a list of class names from outside (a manifest, gan.json, config.json), or None:
+    at most MAX_CLASSES distinct, printable strings of 1 to MAX_CLASS_NAME characters."""
+    if not isinstance(names, (list, tuple)):
+        return f"class names must be a list, got {type(names).__name__}"
+    if len(names) > MAX_CLASSES:
+        return f"{len(names):,} class names, above the budget of {MAX_CLASSES:,}"
+    for name in names:
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_CLASS_NAME or not name.isprintable():
+            return (f"class name {str(name)[:40]!r} is not a printable string of 1 to {MAX_CLASS_NAME} "
+                    "characters")
+    if len(set(names)) != len(names):
+        return "class names repeat"
+    return None
 
 
 def archive_budget(archive_bytes):

@@ -8,7 +8,7 @@
 `--batch_size` is per process per optimizer step; the global batch is batch_size x processes.
 `--batch_gpu B` (or `--gradient_accumulation_steps N`) splits it into micro-batches of B images,
 accumulated before each step. The run directory (--output_dir) gets args.json, metrics.jsonl,
-samples/ and checkpoints/.
+samples/ and checkpoints/. `--cond` trains class-conditional nets on the pack's class labels.
 """
 import sys
 import time
@@ -36,7 +36,8 @@ from gan_dist.training.tracking import finish_run, log_grid
 
 
 def batch_stream(data, start_step, max_train_steps, steps_per_epoch):
-    """(step, uint8 batch, samples skipped) for each step after `start_step`, epoch after epoch."""
+    """(step, uint8 batch (with --cond: (batch, class ids)), samples skipped) for each step after `start_step`,
+    epoch after epoch."""
     step = start_step
     while step < max_train_steps:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -61,6 +62,10 @@ def train(args):
         stats.data_wait += time.perf_counter() - t_wait
         progress.count_skipped(n_skipped)
         with profiler.phase("data"):
+            real_c = None
+            if args.cond:  # the reals' classes; the fakes are drawn for the same classes
+                real_u8, real_c = real_u8
+                real_c = real_c.to(acc.device, non_blocking=True)
             real_img = to_device_float(real_u8, acc.device).contiguous(memory_format=run.memory_format)
             gen_z = torch.randn(real_img.size(0), args.latent_dim, device=acc.device)
             if args.mirror:
@@ -75,7 +80,7 @@ def train(args):
         # ---- (1) D step with its penalties, (2) G step, then G's moving average
         if run.ada is not None:
             run.ada.begin(step)  # the augmentations' draws from (seed, step, rank): a resume repeats them
-        d, g = run.gan_step(real_img, gen_z, r1_gamma, r2_gamma, with_norms=log_now)
+        d, g = run.gan_step(real_img, gen_z, r1_gamma, r2_gamma, with_norms=log_now, real_c=real_c)
         if run.ada is not None:
             run.ada.observe(d, step, acc)  # D's signs on the reals; every --aug_interval steps p moves (collective)
         if run.G_ema is not None:
@@ -128,9 +133,13 @@ def log_metrics(run, stats, step, bar, interactive):
 
 
 def save_grids(run, step):
-    """The fixed-noise grid and the colour statistics against the reals (main process)."""
-    log_grid(run.accelerator, generate(run.G_eval, run.fixed_z), run.output_dir, step)
-    colour = colour_report(colour_stats(generate(run.G_eval, run.colour_z)), run.real_colour)
+    """The fixed-noise grid (with --cond one row per class) and the colour statistics against the reals
+    (main process)."""
+    classes = run.gan_config.classes
+    caption = f"rows: {', '.join(classes[i] for i in run.fixed_c.unique().tolist())}" if classes else None
+    log_grid(run.accelerator, generate(run.G_eval, run.fixed_z, c=run.fixed_c), run.output_dir, step,
+             nrow=run.grid_columns, caption=caption)
+    colour = colour_report(colour_stats(generate(run.G_eval, run.colour_z, c=run.colour_c)), run.real_colour)
     for warning in run.drift.update(colour, step):  # the saturation / contrast creep of the vanilla recipe
         run.accelerator.print(warning)
     run.samples_log.log(colour, step)
@@ -144,7 +153,8 @@ def evaluate_now(run, step):
     num_real = min(args.fid_samples, run.manifest["count"])
     result = evaluate(acc, run.G_eval, run.extractor, lambda: run.data.for_metrics(num_real, args.seed), args.data,
                       args.latent_dim, num_gen=args.fid_samples, seed=args.seed,
-                      real_subset="memory" if run.data.in_memory is not None else "stream")
+                      real_subset="memory" if run.data.in_memory is not None else "stream",
+                      classes=run.classes_as_data(args.fid_samples))
     acc.print(f"step {step}: {format_result(result)}")
     run.eval_log.log(result, step)
 

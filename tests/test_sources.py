@@ -137,6 +137,8 @@ def test_lol_splash_crops_end_to_end(tmp_path, dragon):
     assert m["count"] == 20 and m["source_images"] == 6 and m["ddragon_version"] == "16.1.1"
     assert m["skipped"] == {"unreadable": 0, "unsupported": 0, "duplicate": 4, "unsafe_path": 0, "download_failed": 1}
     assert m["options"]["crops_per_image"] == 4 and "non-commercial" in m["notice"]
+    # the label is the champion, by Data Dragon id: Garen 0 and 1 (22 failed), MonkeyKing 0 and 5, Teemo 0
+    assert m["classes"] == ["Garen", "MonkeyKing", "Teemo"] and m["class_counts"] == [8, 8, 4]
     recorded = {f["file"]: f["sha256"] for f in m["source_files"]}
     path = "cdn/img/champion/splash/MonkeyKing_5.jpg"  # by champion id, not display name
     assert recorded[path] == sha(files["/" + path]) and "cdn/16.1.1/data/en_US/champion/Garen.json" in recorded

@@ -4,6 +4,7 @@
     mode_report(clf, stacked_images)      # stacked digits: modes of 1,000, KL to uniform, confident share
     copy_report(clf, training_images, n)  # the same for n draws from the training set's own mode histogram
     digit_report(clf, digit_images)       # one channel: digit score, confident share, class shares
+    requested_report(clf, images, digits) # a conditional G: the share read as the digit each image was drawn for
 
 Used by `python -m gan_dist.evaluate --metrics digits` (a metric that needs no Inception
 weights) and by `python -m benchmarks quality`. Images are float in [-1, 1], any size:
@@ -100,3 +101,16 @@ def digit_report(clf, images):
     p_y = probs.mean(axis=0, keepdims=True)
     kl = (probs * (np.log(probs + 1e-12) - np.log(p_y + 1e-12))).sum(axis=1)
     return {"digit_score": float(np.exp(kl.mean())), **_shares(probs, len(images))}
+
+
+def requested_report(clf, images, requested):
+    """One-channel digits (N, 1, H, W) drawn for the digits `requested` (N,): the share the judge reads as the
+    requested digit with probability >= CONFIDENT, over all and per requested digit ({digit: share}), with the
+    lowest per-digit share and the samples per digit."""
+    requested = np.asarray(requested)
+    probs = clf.predict_proba(channel_features(images))
+    hit = (probs.argmax(1) == requested) & (probs.max(1) >= CONFIDENT)
+    per_digit = {int(d): float(hit[requested == d].mean()) for d in np.unique(requested)}
+    return {"read_as_requested": float(hit.mean()), "per_digit": per_digit, "lowest": min(per_digit.values()),
+            "samples_per_digit": {int(d): int((requested == d).sum()) for d in np.unique(requested)},
+            "samples": len(images)}

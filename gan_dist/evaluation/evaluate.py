@@ -10,7 +10,9 @@ image in the pack unless --real_samples caps them (StyleGAN2-ADA's "full" protoc
 result is printed as JSON and written to --out; figures are only comparable when the whole
 protocol block matches (tool and weights, resize, sample counts, seed). On digit data,
 `--metrics digits` adds (or, alone, replaces) a classifier-based score that needs no
-Inception weights.
+Inception weights. A class-conditional generator (trained with --cond) draws its classes at the
+pack's class frequencies; the figures come over all and per class (FID/KID of each class's
+samples against its real images; for digits, the share read as the digit asked for).
 """
 import argparse
 import json
@@ -18,12 +20,14 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
-from gan_dist.evaluation.digits import CONFIDENT, digit_report, fit_judge
+from gan_dist.evaluation.digits import CONFIDENT, digit_report, fit_judge, requested_report
 from gan_dist.evaluation.metrics import MetricUnavailable, evaluate, format_result, inception_for_run
-from gan_dist.evaluation.sample import SampleError, latents, load_generator, resolve_checkpoint
+from gan_dist.evaluation.sample import SampleError, checkpoint_config, latents, load_generator, resolve_checkpoint
+from gan_dist.networks.conditioning import classes_as_data, listed
 from gan_dist.networks.models import generate
 from gan_dist.training.checkpoint import CheckpointError, read_meta
 from gan_dist.training.data import load_into_memory
@@ -36,7 +40,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m gan_dist.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--metrics", nargs="+", choices=("fid_kid", "digits"), default=["fid_kid"],
                    help="fid_kid: FID and KID (Inception); digits: for 1-channel digit data, the digit score, "
-                        f"the share an SVM fit on real digits reads with probability >= {CONFIDENT}, and class shares")
+                        f"the share an SVM fit on real digits reads with probability >= {CONFIDENT}, and class shares "
+                        "(a class-conditional G: also the share read as the digit asked for, per class)")
     p.add_argument("--checkpoint", required=True, help="a checkpoint-STEP directory, or a run directory (its latest)")
     p.add_argument("--data", required=True, help="the shard directory the generator was trained on")
     p.add_argument("--num_gen", type=int, default=None,
@@ -65,31 +70,61 @@ def run(args, accelerator, extractor):
     """Score the checkpoint: FID/KID with `extractor` on every rank (a collective) unless it is None, and the
     digit judge on the main process with --metrics digits; return the result dict."""
     checkpoint = resolve_checkpoint(args.checkpoint)
-    meta = read_meta(checkpoint)
+    meta, cfg = read_meta(checkpoint), checkpoint_config(checkpoint)
     G, used_ema = load_generator(checkpoint, args.ema, accelerator.device)
     num_gen = args.num_gen or (GPU_NUM_GEN if accelerator.device.type == "cuda" else CPU_NUM_GEN)
     result = dict(checkpoint=str(checkpoint), step=meta["global_step"], generator="G_ema" if used_ema else "G",
                   data=str(args.data), processes=accelerator.num_processes)
-    if "digits" in args.metrics and meta["gan_config"]["channels"] != 1:  # on every rank: none waits for another
-        raise SampleError("--metrics digits reads one-channel digits; this generator draws "
-                          f"{meta['gan_config']['channels']} channels")
+    gen_c = classes_as_data(pack_class_counts(args.data, cfg.classes), num_gen) if cfg.classes else None
+    if cfg.classes:
+        result["classes_drawn"] = "at the pack's class frequencies (images per class in its manifest)"
+    if "digits" in args.metrics and cfg.channels != 1:  # on every rank: none waits for another
+        raise SampleError(f"--metrics digits reads one-channel digits; this generator draws {cfg.channels} channels")
+    asked = requested_digits(cfg.classes) if "digits" in args.metrics and cfg.classes else None
     if "digits" in args.metrics and accelerator.is_main_process:
         clf, accuracy, held_out = fit_judge(args.seed)
-        z = latents(num_gen, meta["gan_config"]["latent_dim"], args.seed)
-        result["digits"] = {**digit_report(clf, generate(G, z, accelerator.device, args.batch_size)),
+        images = generate(G, latents(num_gen, cfg.latent_dim, args.seed), accelerator.device, args.batch_size, gen_c)
+        result["digits"] = {**digit_report(clf, images),
                             "judge": f"SVC(C=10) on 1,500 real digits, held-out accuracy {accuracy:.3f} on {held_out}",
                             "num_gen": num_gen}
+        if gen_c is not None:  # the share read as the digit each sample was drawn for, with p >= CONFIDENT
+            report = requested_report(clf, images, asked[gen_c.numpy()])
+            result["digits"].update(read_as_requested=report["read_as_requested"],
+                                    per_class={str(d): v for d, v in report["per_digit"].items()},
+                                    lowest=report["lowest"])
     if extractor is not None:
-        result.update(fid_kid(args, accelerator, extractor, G, meta, num_gen))
+        result.update(fid_kid(args, accelerator, extractor, G, cfg, num_gen, gen_c))
     return result
 
 
-def fid_kid(args, accelerator, extractor, G, meta, num_gen):
+def pack_class_counts(data, classes):
+    """Images per class of the pack at `data`, which must record the generator's `classes` (SampleError if not)."""
+    manifest, _ = load_manifest(data)
+    if manifest.get("classes") != list(classes):
+        held = f"the classes {listed(manifest['classes'])}" if "classes" in manifest else "no class labels"
+        raise SampleError(f"--data {data} holds {held}, but this class-conditional generator draws "
+                          f"{listed(list(classes))}; pass the pack it was trained on")
+    return manifest["class_counts"]
+
+
+def requested_digits(classes):
+    """The digit each class asks for: the classes must be named 0 to 9 (SampleError if not)."""
+    if sorted(classes) != [str(d) for d in range(10)]:
+        raise SampleError(f"--metrics digits on a class-conditional generator needs the ten classes 0 to 9, the "
+                          f"digits; this one draws {listed(list(classes))}")
+    return np.array([int(name) for name in classes])
+
+
+def fid_kid(args, accelerator, extractor, G, cfg, num_gen, gen_c=None):
     manifest, urls = load_manifest(args.data)
     num_real = min(args.real_samples or manifest["count"], manifest["count"])
-    result = evaluate(accelerator, G, extractor, lambda: load_into_memory(urls, args.n_cpu)[0], args.data,
-                      meta["gan_config"]["latent_dim"], num_gen=num_gen, num_real=num_real,
-                      batch_size=args.batch_size, seed=args.seed)
+    reals, labels = (lambda: load_into_memory(urls, args.n_cpu)[0]), None
+    if gen_c is not None:  # each real image's class, for the per-class figures: the images are decoded either way
+        (reals, labels), _ = load_into_memory(urls, args.n_cpu, num_classes=len(cfg.classes))
+    result = evaluate(accelerator, G, extractor, reals, args.data, cfg.latent_dim, num_gen=num_gen,
+                      num_real=num_real, batch_size=args.batch_size, seed=args.seed, classes=gen_c, real_labels=labels)
+    if "per_class" in result:
+        result["per_class"] = {cfg.classes[k]: v for k, v in result["per_class"].items()}
     result["protocol"] = {
         "tool": result["eval_tool"], "resize": result["eval_resize"], "num_gen": result["eval_num_gen"],
         "num_real": result["eval_num_real"], "real": "every image of the pack" if num_real == manifest["count"]

@@ -13,6 +13,7 @@ README.md with a sample grid (samples.png) and the last logged metrics. Load it 
 import argparse
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 from gan_dist.budgets import MAX_SEED, BudgetError, check_sample_bytes
 from gan_dist.evaluation.sample import SampleError, grid_image, latents, load_generator, resolve_checkpoint
 from gan_dist.names import MANIFEST
+from gan_dist.networks.conditioning import grid_classes, listed
 from gan_dist.networks.hub import CONFIG, REPO_ID, TAGS, WEIGHTS, HubError, HubGenerator, check_gan_config
 from gan_dist.networks.models import generate
 from gan_dist.safe_io import UnsafePath, refuse_links
@@ -43,7 +45,7 @@ DATASET_KEYS = ("source", "count", "size", "channels", "image_format", "hf_datas
 
 CARD_HEAD = """# {cfg[arch]} GAN generator, {cfg[img_size]}x{cfg[img_size]}x{cfg[channels]}
 
-An unconditional image generator trained with gan-dist for {step} steps{kimg}. The weights are {which}.
+{kind} trained with gan-dist for {step} steps{kimg}. The weights are {which}.{grid_note}
 
 ![{grid}]({grid})
 
@@ -54,10 +56,10 @@ import torch
 from gan_dist.networks.hub import HubGenerator
 
 G = HubGenerator.from_pretrained("{model}")
-images = G(torch.randn(16, {cfg[latent_dim]}))  # (16, {cfg[channels]}, {cfg[img_size]}, {cfg[img_size]}) in [-1, 1]
+{use}
 ```
 
-or `python -m gan_dist.sample --checkpoint {sample_spec} --n 64 --grid samples.png`.
+or `python -m gan_dist.sample --checkpoint {sample_spec} {sample_flags}--n 64 --grid samples.png`.
 
 ## GAN config ({config_name})
 
@@ -150,14 +152,28 @@ def _table(rows, head=("", "")):
 def model_card(config, metrics, repo_id, folder):
     """The model card (huggingface_hub's ModelCard) for an export described by config.json's contents."""
     cfg, dataset, step = config["gan_config"], config["dataset"], config["global_step"]
+    classes = cfg.get("classes") or []
     from_hub = dataset.get("source") == "hf" and dataset.get("hf_origin") == "hub"
-    data = ModelCardData(library_name="gan-dist", tags=list(TAGS), pipeline_tag="unconditional-image-generation",
+    tags = [t for t in TAGS if t != "unconditional-image-generation"] + ["class-conditional"] if classes else TAGS
+    data = ModelCardData(library_name="gan-dist", tags=list(tags),
+                         pipeline_tag=None if classes else "unconditional-image-generation",
                          datasets=[dataset["hf_dataset"]] if from_hub else None)
     kimg = f" ({config['num_imgs_seen'] / 1000:g} kimg)" if config.get("num_imgs_seen") else ""
     which = "the exponential moving average of G (G_ema)" if config["weights"] == "G_ema" else "the trained G"
+    shape = f"({{n}}, {cfg['channels']}, {cfg['img_size']}, {cfg['img_size']}) in [-1, 1]"
+    if classes:
+        kind = f"A class-conditional image generator of {len(classes)} classes ({listed(classes)}),"
+        use = (f"images = G(torch.randn(2, {cfg['latent_dim']}), G.class_ids([{classes[0]!r}, {classes[-1]!r}]))"
+               f"  # {shape.format(n=2)}; by class name, or number")
+    else:
+        kind = "An unconditional image generator"
+        use = f"images = G(torch.randn(16, {cfg['latent_dim']}))  # {shape.format(n=16)}"
     lines = [CARD_HEAD.format(
         cfg=cfg, step=step, kimg=kimg, which=which, grid=GRID, config_name=CONFIG, config=json.dumps(cfg, indent=2),
-        model=repo_id or folder, sample_spec=f"hf://{repo_id}" if repo_id else folder)]
+        model=repo_id or folder, sample_spec=f"hf://{repo_id}" if repo_id else folder, kind=kind, use=use,
+        sample_flags=f"--class {shlex.quote(classes[0])} " if classes else "",
+        grid_note=" The grid shows one class per row (the first classes), the same latent down each column."
+        if classes else "")]
     if config["recipe"]:
         lines += ["## Training recipe", "", _table(config["recipe"], ("option", "value")), ""]
     if dataset:
@@ -186,8 +202,9 @@ def export(args):
     out = Path(args.out)
     check_out(out)
     cfg = check_gan_config(meta["gan_config"])  # before load_generator builds G from it
-    try:
-        check_sample_bytes(args.n_samples, cfg.latent_dim, cfg, "--n_samples")
+    try:  # a conditional grid: a row of a square grid's columns for each of the first classes
+        n_grid = len(grid_classes(len(cfg.classes), args.n_samples)[0]) if cfg.classes else args.n_samples
+        check_sample_bytes(n_grid, cfg.latent_dim, cfg, "--n_samples")
     except BudgetError as e:
         raise ExportError(str(e)) from None
     G, _ = load_generator(checkpoint, ema=weights == "G_ema", device="cpu")
@@ -201,8 +218,14 @@ def export(args):
               "num_imgs_seen": meta.get("num_imgs_seen"), "checkpoint": checkpoint.name,
               "recipe": recipe, "dataset": dataset}
     out.mkdir(parents=True, exist_ok=True)
-    images = generate(model, latents(args.n_samples, model.gan_config.latent_dim, args.seed), "cpu")
-    grid_image(images, nrow=math.ceil(math.sqrt(args.n_samples))).save(out / GRID)
+    if cfg.classes:  # one row per class (the first ones), the same latents down each column
+        c, columns = grid_classes(len(cfg.classes), args.n_samples)
+        z = latents(columns, cfg.latent_dim, args.seed).repeat(len(c) // columns, 1)
+        images = generate(model, z, "cpu", c=c)
+    else:
+        columns = math.ceil(math.sqrt(args.n_samples))
+        images = generate(model, latents(args.n_samples, model.gan_config.latent_dim, args.seed), "cpu")
+    grid_image(images, nrow=columns).save(out / GRID)
     # before save_pretrained, which keeps a README.md it finds
     model_card(config, metrics, args.hub_model_id, out).save(out / "README.md")
     model.save_pretrained(out, config=config)

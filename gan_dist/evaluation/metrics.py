@@ -203,6 +203,11 @@ def _cache_valid(path, digest):
         return False
 
 
+def real_subset_index(n, num_real):
+    """Which num_real of n real images the features are taken of, when fewer than all (a fixed random subset)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:num_real]
+
+
 def real_features(accelerator, extractor, real_images, data, num_real=None, cache_dir=None, batch_size=64,
                   subset="memory"):
     """Features of up to `num_real` real images, from the cache or computed on all ranks and gathered.
@@ -230,7 +235,7 @@ def real_features(accelerator, extractor, real_images, data, num_real=None, cach
             return f.get_tensor("features").to(accelerator.device), path, True
     images = real_images() if callable(real_images) else real_images
     if num_real < len(images):
-        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:num_real]]
+        images = images[real_subset_index(len(images), num_real)]
     num_real = min(num_real, len(images))  # the manifest may count images that failed to decode
     idx = _rank_indices(num_real, accelerator)
     mine = _features(extractor, images[idx].split(batch_size), accelerator.device)
@@ -245,7 +250,7 @@ def real_features(accelerator, extractor, real_images, data, num_real=None, cach
 
 
 @torch.no_grad()
-def generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size=64, seed=0):
+def generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size=64, seed=0, classes=None):
     """Features of `num_gen` images of G, split over the ranks and gathered (every rank must call this).
 
     Args:
@@ -253,13 +258,18 @@ def generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_siz
         latent_dim: size of z.
         num_gen: images to generate over all ranks.
         seed: draws the latents; the same images for any number of ranks.
+        classes: for a conditional G, the class id of each image (num_gen,).
     """
     z = torch.randn(num_gen, latent_dim, generator=torch.Generator().manual_seed(seed))
     idx = _rank_indices(num_gen, accelerator)
     was_training = G.training
     G.eval()
     try:
-        batches = (G(zb.to(accelerator.device)) for zb in z[idx].split(batch_size))
+        if classes is None:
+            batches = (G(zb.to(accelerator.device)) for zb in z[idx].split(batch_size))
+        else:
+            batches = (G(zb.to(accelerator.device), cb.to(accelerator.device))
+                       for zb, cb in zip(z[idx].split(batch_size), classes[idx].split(batch_size)))
         mine = _features(extractor, batches, accelerator.device)
     finally:
         G.train(was_training)
@@ -308,7 +318,8 @@ def fid_kid(real_feats, gen_feats, kid_subsets=100, kid_subset_size=1000, seed=0
 
 
 def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=10000, num_real=None,
-             cache_dir=None, batch_size=64, seed=0, kid_subsets=100, kid_subset_size=1000, real_subset="memory"):
+             cache_dir=None, batch_size=64, seed=0, kid_subsets=100, kid_subset_size=1000, real_subset="memory",
+             classes=None, real_labels=None):
     """FID and KID of G against the dataset; every rank must call it and gets the same result.
 
     Args:
@@ -323,19 +334,35 @@ def evaluate(accelerator, G, extractor, real_images, data, latent_dim, num_gen=1
         cache_dir, batch_size, real_subset: see `real_features` (its `subset`).
         seed: latents and KID subsets.
         kid_subsets, kid_subset_size: see `fid_kid`.
+        classes: for a conditional G, the class id of each generated image (num_gen,).
+        real_labels: with `classes`, the class id of each of `real_images` (N,): the result then has FID/KID per
+            class too, each class's generated images against its real ones.
 
     Returns:
         {"fidN": float, "kidN": float, "kidN_std": float, "eval_num_gen": int, "eval_num_real": int,
-         "eval_tool": str, "eval_resize": str, "eval_real_cached": bool}
+         "eval_tool": str, "eval_resize": str, "eval_real_cached": bool}, and with `real_labels`
+        "per_class": {class id: {"fid", "kid", "kid_std", "num_gen", "num_real"}} for each class with at least two
+        generated and two real images.
     """
     real, _, cached = real_features(accelerator, extractor, real_images, data, num_real or num_gen, cache_dir,
                                     batch_size, real_subset)
-    gen = generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size, seed)
+    gen = generated_features(accelerator, extractor, G, latent_dim, num_gen, batch_size, seed, classes)
     fid, kid, kid_std = fid_kid(real, gen, kid_subsets, kid_subset_size, seed)
-    return {metric_name("fid", num_gen): fid, metric_name("kid", num_gen): kid,
-            f"{metric_name('kid', num_gen)}_std": kid_std, "eval_num_gen": num_gen, "eval_num_real": len(real),
-            "eval_tool": tool_name(extractor), "eval_resize": getattr(extractor, "resize", "none"),
-            "eval_real_cached": cached}
+    result = {metric_name("fid", num_gen): fid, metric_name("kid", num_gen): kid,
+              f"{metric_name('kid', num_gen)}_std": kid_std, "eval_num_gen": num_gen, "eval_num_real": len(real),
+              "eval_tool": tool_name(extractor), "eval_resize": getattr(extractor, "resize", "none"),
+              "eval_real_cached": cached}
+    if classes is not None and real_labels is not None:
+        if len(real) < len(real_labels):  # the subset real_features took
+            real_labels = real_labels[real_subset_index(len(real_labels), len(real))]
+        result["per_class"] = {}
+        for k in sorted(set(classes.tolist()) & set(real_labels.tolist())):
+            mine_real, mine_gen = real[real_labels.to(real.device) == k], gen[classes.to(gen.device) == k]
+            if min(len(mine_real), len(mine_gen)) >= 2:
+                fid_k, kid_k, kid_std_k = fid_kid(mine_real, mine_gen, kid_subsets, kid_subset_size, seed)
+                result["per_class"][k] = {"fid": fid_k, "kid": kid_k, "kid_std": kid_std_k,
+                                          "num_gen": len(mine_gen), "num_real": len(mine_real)}
+    return result
 
 
 def format_result(result):

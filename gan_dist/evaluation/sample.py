@@ -4,9 +4,12 @@
     python -m gan_dist.sample --checkpoint runs/gan --n 1000 --out_dir samples/ --seed 1     # latest checkpoint
     python -m gan_dist.sample --checkpoint runs/gan --interpolate --n 8 --grid walk.png        # 8 walks, one per row
     python -m gan_dist.sample --checkpoint runs/gan --interpolate --n 16 --grid walk.gif       # a looping GIF
+    python -m gan_dist.sample --checkpoint runs/cond --class 3 --class 7 --n 8 --grid 3s-and-7s.png  # --cond runs
 
 G is rebuilt from the checkpoint's gan.json. The EMA weights (G_ema.safetensors) are used
-when the checkpoint has them, unless --no-ema; --ema insists on them.
+when the checkpoint has them, unless --no-ema; --ema insists on them. A class-conditional G
+draws --n images for each --class (a name, else a class number), one grid row per class with
+the same latents down each column; without --class, for its first classes (as the training grids).
 """
 import argparse
 import math
@@ -21,6 +24,7 @@ from safetensors.torch import load_file
 from torchvision.utils import make_grid
 
 from gan_dist.budgets import MAX_SEED, BudgetError, check_params, check_sample_bytes
+from gan_dist.networks.conditioning import GRID_CLASSES, class_ids
 from gan_dist.networks.models import GANConfig, build_models, generate
 from gan_dist.training.checkpoint import META, WEIGHT_FILES, CheckpointError, list_checkpoints, read_meta
 from gan_dist.training.ema import EMA_FILE
@@ -34,7 +38,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="gan_dist.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint-STEP directory, a run directory (its latest), "
                    "a folder from `python -m gan_dist.export`, or a Hub id (hf://user/name or user/name)")
-    p.add_argument("--n", type=int, default=64, help="images (with --interpolate: walks)")
+    p.add_argument("--n", type=int, default=64,
+                   help="images (with --interpolate: walks); for a class-conditional G, images per class")
+    p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME|ID",
+                   help="class-conditional G: draw this class (a class name, else its number from 0); repeat for "
+                        f"several, one grid row each (default: the first {GRID_CLASSES} classes)")
     p.add_argument("--grid", default=None, help="write a grid to this .png (or .gif with --interpolate)")
     p.add_argument("--out_dir", default=None, help="write one PNG per image into this directory")
     p.add_argument("--interpolate", action="store_true",
@@ -189,16 +197,35 @@ def write_gif(frames, path, duration_ms=100):
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
 
 
+def chosen_classes(cfg, wanted, where):
+    """The class ids --class asks for (default: the first GRID_CLASSES), or None for an unconditional G;
+    SampleError names a class that is not one of G's, or --class given to an unconditional G."""
+    if not cfg.classes:
+        if wanted:
+            raise SampleError(f"--class: {where} is an unconditional generator (trained without --cond); "
+                              "drop --class")
+        return None
+    try:
+        return torch.tensor(class_ids(cfg.classes, wanted) if wanted else list(range(min(len(cfg.classes),
+                                                                                            GRID_CLASSES))))
+    except ValueError as e:
+        raise SampleError(f"--class: {e}") from None
+
+
 def sample(args):
     checkpoint, G, used_ema, cfg = open_generator(args.checkpoint, args.ema, args.device)
     latent_dim, written = cfg.latent_dim, []
+    ids = chosen_classes(cfg, args.classes, checkpoint)
+    rows = 1 if ids is None or args.interpolate else len(ids)  # a conditional grid: a row of --n per class
     try:
-        check_sample_bytes(args.n * (args.steps if args.interpolate else 1), latent_dim, cfg, "--n")
+        check_sample_bytes(args.n * rows * (args.steps if args.interpolate else 1), latent_dim, cfg, "--n")
     except BudgetError as e:
         raise SampleError(str(e)) from None
     if args.interpolate:
         z = latents(args.n, latent_dim, args.seed, args.truncation, walk_steps=args.steps)  # (n, steps, latent)
-        images = generate(G, z.flatten(0, 1), args.device, args.batch_size)  # walk-major: (n * steps, C, H, W)
+        # a conditional G walks within a class: walk i in the i-th class asked for (in turn)
+        c = None if ids is None else ids[torch.arange(args.n) % len(ids)].repeat_interleave(args.steps)
+        images = generate(G, z.flatten(0, 1), args.device, args.batch_size, c)  # walk-major: (n * steps, C, H, W)
         if args.grid and Path(args.grid).suffix.lower() == ".gif":
             per_frame = images.view(args.n, args.steps, *images.shape[1:]).transpose(0, 1)  # (steps, n, C, H, W)
             nrow = math.ceil(math.sqrt(args.n))
@@ -208,6 +235,13 @@ def sample(args):
             grid_image(images, nrow=args.steps).save(args.grid)  # one walk per row
             written.append(args.grid)
         names = [f"walk{i:04d}_{s:03d}.png" for i in range(args.n) for s in range(args.steps)]
+    elif ids is not None:  # class by class, the same latents in each: row k, column j is G(z_j, class k)
+        z = latents(args.n, latent_dim, args.seed, args.truncation)
+        images = generate(G, z.repeat(len(ids), 1), args.device, args.batch_size, ids.repeat_interleave(args.n))
+        if args.grid:
+            grid_image(images, nrow=args.n).save(args.grid)
+            written.append(args.grid)
+        names = [f"class{k:05d}_{i:06d}.png" for k in ids.tolist() for i in range(args.n)]
     else:
         images = generate(G, latents(args.n, latent_dim, args.seed, args.truncation), args.device, args.batch_size)
         if args.grid:
@@ -218,7 +252,9 @@ def sample(args):
         write_images(images, args.out_dir, names)
         written.append(f"{args.out_dir}/ ({len(names)} PNGs)")
     weights = f"EMA weights ({EMA_FILE})" if used_ema else "the trained G (no EMA)"
-    print(f"{checkpoint} ({weights}, seed {args.seed}, truncation {args.truncation}): wrote {', '.join(written)}")
+    drawn = "" if ids is None else f", classes {', '.join(f'{cfg.classes[k]} ({k})' for k in ids.tolist())}"
+    print(f"{checkpoint} ({weights}, seed {args.seed}, truncation {args.truncation}{drawn}): "
+          f"wrote {', '.join(written)}")
 
 
 def main(argv=None):

@@ -2,6 +2,7 @@
 
     G = HubGenerator.from_pretrained("exports/digits")     # or "user/name" on the Hub
     images = G(torch.randn(16, G.gan_config.latent_dim))  # (16, C, H, W) in [-1, 1]
+    images = G(torch.randn(2, G.gan_config.latent_dim), G.class_ids(["3", "7"]))  # class-conditional (--cond)
 
 Folders are written by `python -m gan_dist.export`. config.json comes from elsewhere, so
 its sizes are checked (and G's parameters counted on the meta device) before anything is
@@ -12,12 +13,14 @@ import json
 import re
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download, snapshot_download
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from gan_dist.budgets import BudgetError, check_params
+from gan_dist.networks.conditioning import class_ids
 from gan_dist.networks.models import GANConfig, build_models
 
 CONFIG = "config.json"
@@ -87,7 +90,8 @@ class HubGenerator(nn.Module, PyTorchModelHubMixin, library_name="gan-dist", tag
                    pipeline_tag="unconditional-image-generation"):
     """G of a gan-dist run, loadable with `from_pretrained` and savable with `save_pretrained`/`push_to_hub`.
 
-    Its weights file holds G's own state dict (the same names as a training checkpoint's).
+    Its weights file holds G's own state dict (the same names as a training checkpoint's). A class-conditional G
+    (gan_config.classes) takes class ids too: `class_ids` turns class names into them.
     """
 
     def __init__(self, gan_config: dict):
@@ -95,8 +99,17 @@ class HubGenerator(nn.Module, PyTorchModelHubMixin, library_name="gan-dist", tag
         self.gan_config = check_gan_config(gan_config)
         self.net = build_models(self.gan_config)[0]
 
-    def forward(self, z):  # (B, latent) -> (B, C, H, W) in [-1, 1]
-        return self.net(z)
+    def forward(self, z, c=None):  # (B, latent), class ids (B,) for a conditional G -> (B, C, H, W) in [-1, 1]
+        return self.net(z) if c is None else self.net(z, c)
+
+    @property
+    def classes(self):
+        """The class names a conditional G draws (empty for an unconditional one)."""
+        return self.gan_config.classes
+
+    def class_ids(self, names):
+        """Class names (or numbers) -> a tensor of class ids; ValueError names one that is not a class."""
+        return torch.tensor(class_ids(self.classes, names), device=next(self.parameters()).device)
 
     def _save_pretrained(self, save_directory):
         save_model(self.net, str(Path(save_directory) / WEIGHTS))

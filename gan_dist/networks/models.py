@@ -2,7 +2,8 @@
 R3GAN-style residual pair (networks/resnet.py).
 
 Discriminators return logits (no Sigmoid), so the loss can use BCE-with-logits and
-run under autocast; D(x) as a probability is `torch.sigmoid(logit)`.
+run under autocast; D(x) as a probability is `torch.sigmoid(logit)`. With `classes` (--cond) every
+pair is class-conditional (networks/conditioning.py): G(z, c) and D(img, c) take class ids c (B,).
 """
 import math
 from dataclasses import asdict, dataclass
@@ -10,6 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from gan_dist.budgets import class_names_problem
+from gan_dist.networks.conditioning import ClassEmbedding, Projection, projected, with_classes
 from gan_dist.networks.pacgan import pacgan_inputs
 from gan_dist.networks.resnet import ResNetDiscriminator, ResNetGenerator, stage_widths
 from gan_dist.networks.sizes import SIZES
@@ -18,7 +21,7 @@ ARCHS = ("mlp", "dcgan", "resnet")
 # recorded only for --arch resnet
 RESNET_FIELDS = ("width", "widths", "blocks", "group_size", "expansion", "mapping_layers", "mbstd_group", "size")
 # fields added after gan.json was first written, and the value that leaves each one out of it
-LATER_FIELDS = {"mapping_layers": 0, "pacgan": 1, "mbstd_group": 0, "size": ""}
+LATER_FIELDS = {"mapping_layers": 0, "pacgan": 1, "mbstd_group": 0, "size": "", "classes": []}
 MAX_MLP_PARAMS = 2**30  # the MLP G's last layer grows with the image: 4 GiB of float32 weights at most
 
 
@@ -41,6 +44,7 @@ class GANConfig:
     mbstd_group: int = 0  # resnet only: D sees the std of its features over groups of this many inputs (0 = off)
     size: str = ""  # resnet only: the --size row (networks/sizes.py) the run started from; "" = none (a label only:
     # the fields above hold the networks as built, given flags included)
+    classes: tuple = ()  # class names (--cond): G and D take class ids; empty = unconditional
 
     def __post_init__(self):
         for name, low, high in (("latent_dim", 1, 4096), ("img_size", 1, 1024), ("channels", 1, 3),
@@ -61,6 +65,13 @@ class GANConfig:
             raise ValueError(f"--arch dcgan needs --img_size 32, 64 or 128, got {self.img_size}; "
                              "use --arch mlp for other sizes")
         object.__setattr__(self, "widths", tuple(self.widths))  # a list when read back from gan.json
+        problem = class_names_problem(self.classes)
+        if problem:
+            raise ValueError(f"classes: {problem}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if self.classes and self.pacgan > 1:
+            raise ValueError(f"--cond needs --pacgan 1: a PacGAN group of {self.pacgan} images would mix classes "
+                             "under one logit")
         if isinstance(self.blocks, list):
             object.__setattr__(self, "blocks", tuple(self.blocks))
         counts = self.blocks if isinstance(self.blocks, tuple) else (self.blocks,)
@@ -105,6 +116,7 @@ class GANConfig:
     def to_dict(self):
         d = asdict(self)
         d["widths"] = list(self.widths)  # as JSON reads it back, so a resumed config compares equal
+        d["classes"] = list(self.classes)
         if isinstance(self.blocks, tuple):
             d["blocks"] = list(self.blocks)
         if self.arch != "resnet":  # the other archs' gan.json stays as it was (old checkpoints still resume)
@@ -120,6 +132,18 @@ class GANConfig:
         """Channels D's first layer takes: the image's, once per image of a PacGAN group."""
         return self.channels * self.pacgan
 
+    @property
+    def g_inputs(self):
+        """Size of G's input: z, and as R3GAN's conditional G, a class embedding as long as z beside it."""
+        return self.latent_dim * (2 if self.classes else 1)
+
+    def class_embedding(self):
+        """G's class embedding (None when unconditional)."""
+        return ClassEmbedding(len(self.classes), self.latent_dim) if self.classes else None
+
+    def projection(self, features):
+        """D's projection head on `features` features (None when unconditional)."""
+        return Projection(len(self.classes), features) if self.classes else None
 
 
 class MLPGenerator(nn.Module):
@@ -137,12 +161,13 @@ class MLPGenerator(nn.Module):
             return layers
 
         self.model = nn.Sequential(
-            *block(cfg.latent_dim, 128, normalize=False), *block(128, 256),
+            *block(cfg.g_inputs, 128, normalize=False), *block(128, 256),
             *block(256, 512), *block(512, 1024),
             nn.Linear(1024, math.prod(self.img_shape)), nn.Tanh())
+        self.embed = cfg.class_embedding()
 
-    def forward(self, z):  # (B, latent) -> (B, C, H, W) in [-1, 1]
-        return self.model(z).view(z.size(0), *self.img_shape)
+    def forward(self, z, c=None):  # (B, latent), classes (B,) -> (B, C, H, W) in [-1, 1]
+        return self.model(with_classes(z, c, self.embed)).view(z.size(0), *self.img_shape)
 
 
 class MLPDiscriminator(nn.Module):
@@ -154,11 +179,15 @@ class MLPDiscriminator(nn.Module):
             nn.Linear(cfg.d_channels * cfg.img_size ** 2, 512), nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(512, 256), nn.LeakyReLU(0.2, inplace=True),
             nn.Linear(256, 1))
-
         self.pacgan = cfg.pacgan
+        self.projection = cfg.projection(256)
 
-    def forward(self, img):  # (B, C, H, W) -> (B / pacgan, 1) logits
-        return self.model(pacgan_inputs(img, self.pacgan).flatten(1))
+    def forward(self, img, c=None):  # (B, C, H, W), classes (B,) -> (B / pacgan, 1) logits
+        x = pacgan_inputs(img, self.pacgan).flatten(1)
+        if self.projection is None and c is None:
+            return self.model(x)
+        h = self.model[:-1](x)  # (B, 256): the features the last layer and the projection both read
+        return projected(self.model[-1](h), h, c, self.projection)
 
 
 class DCGANGenerator(nn.Module):
@@ -168,7 +197,7 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         n_up = int(math.log2(cfg.img_size)) - 3  # 4x4 -> img_size/2, last layer doubles once more
         width = cfg.base_width * 2 ** n_up
-        layers = [nn.ConvTranspose2d(cfg.latent_dim, width, 4, 1, 0, bias=False),
+        layers = [nn.ConvTranspose2d(cfg.g_inputs, width, 4, 1, 0, bias=False),
                   nn.BatchNorm2d(width), nn.ReLU(True)]  # (B, width, 4, 4)
         for _ in range(n_up):  # each: (B, w, s, s) -> (B, w/2, 2s, 2s)
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
@@ -176,9 +205,10 @@ class DCGANGenerator(nn.Module):
             width //= 2
         layers += [nn.ConvTranspose2d(width, cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.model = nn.Sequential(*layers)
+        self.embed = cfg.class_embedding()
 
-    def forward(self, z):  # (B, latent) -> (B, C, H, W) in [-1, 1]
-        return self.model(z[:, :, None, None])
+    def forward(self, z, c=None):  # (B, latent), classes (B,) -> (B, C, H, W) in [-1, 1]
+        return self.model(with_classes(z, c, self.embed)[:, :, None, None])
 
 
 class DCGANDiscriminator(nn.Module):
@@ -196,9 +226,14 @@ class DCGANDiscriminator(nn.Module):
         layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False)]  # (B, 1, 1, 1)
         self.model = nn.Sequential(*layers)
         self.pacgan = cfg.pacgan
+        self.projection = cfg.projection(width)
 
-    def forward(self, img):  # (B, C, H, W) -> (B / pacgan, 1) logits
-        return self.model(pacgan_inputs(img, self.pacgan)).flatten(1)
+    def forward(self, img, c=None):  # (B, C, H, W), classes (B,) -> (B / pacgan, 1) logits
+        x = pacgan_inputs(img, self.pacgan)
+        if self.projection is None and c is None:
+            return self.model(x).flatten(1)
+        h = self.model[:-1](x)  # (B, width, 4, 4); the projection reads it summed over the 4x4 (SNGAN's pooling)
+        return projected(self.model[-1](h).flatten(1), h.sum((2, 3)), c, self.projection)
 
 
 def dcgan_init_(module):
@@ -228,13 +263,16 @@ def count_params(module):
 
 
 @torch.no_grad()
-def generate(G, z, device=None, batch_size=256):
-    """G's images for latents z (N, latent_dim), in batches and in eval mode (BatchNorm's running statistics;
-    G's mode is restored): float32 (N, C, H, W) in [-1, 1] on the CPU."""
+def generate(G, z, device=None, batch_size=256, c=None):
+    """G's images for latents z (N, latent_dim) and, for a conditional G, class ids c (N,), in batches and in eval
+    mode (BatchNorm's running statistics; G's mode is restored): float32 (N, C, H, W) in [-1, 1] on the CPU."""
     device = device or next(G.parameters()).device
     was_training = G.training
     G.eval()
     try:
-        return torch.cat([G(zb.to(device)).float().cpu() for zb in z.split(batch_size)])
+        if c is None:
+            return torch.cat([G(zb.to(device)).float().cpu() for zb in z.split(batch_size)])
+        return torch.cat([G(zb.to(device), cb.to(device)).float().cpu()
+                          for zb, cb in zip(z.split(batch_size), c.split(batch_size))])
     finally:
         G.train(was_training)

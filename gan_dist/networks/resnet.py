@@ -7,7 +7,9 @@ others are variance-scaled by the number of blocks (fix-up style). Resolution ch
 [1, 2, 1] low-pass filter (bilinear up in G, blurred stride-2 down in D), with a 1x1 conv
 when the width changes. G starts from a learned 4x4 basis scaled per channel by a linear map
 of z (through an MLP of `mapping_layers` hidden layers, StyleGAN's mapping network, when asked);
-D ends with a 4x4 depthwise conv and a linear layer to one logit.
+D ends with a 4x4 depthwise conv and a linear layer to one logit. Conditional (cfg.classes), G reads a learned
+class embedding beside z, as R3GAN's conditional G, and D adds a projection of its last features
+(networks/conditioning.py).
 """
 import math
 
@@ -15,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gan_dist.networks.conditioning import projected, with_classes
 from gan_dist.networks.pacgan import pacgan_inputs
 
 LEAK = 0.2
@@ -114,7 +117,7 @@ class ResNetGenerator(nn.Module):
         widths, blocks_at = stage_widths(cfg), stage_blocks(cfg)
         n_blocks = sum(blocks_at)
         self.basis = nn.Parameter(torch.randn(widths[0], 4, 4))  # a learned 4x4 image per channel
-        mapping, n_in = [], cfg.latent_dim
+        mapping, n_in = [], cfg.g_inputs
         for _ in range(cfg.mapping_layers):  # depth before the first image, where G splits z into separate modes
             mapping += [msr_init_(nn.Linear(n_in, widths[0]), ACT_GAIN), nn.LeakyReLU(LEAK)]
             n_in = widths[0]
@@ -126,8 +129,10 @@ class ResNetGenerator(nn.Module):
             stages.append(nn.Sequential(*([Transition(widths[i - 1], w, "up")] if i else []), *blocks))
         self.stages = nn.Sequential(*stages)
         self.to_image = conv(widths[-1], cfg.channels, 1)
+        self.embed = cfg.class_embedding()
 
-    def forward(self, z):  # (B, latent) -> (B, C, H, W), unbounded (no tanh, as in R3GAN)
+    def forward(self, z, c=None):  # (B, latent), classes (B,) -> (B, C, H, W), unbounded (no tanh, as in R3GAN)
+        z = with_classes(z, c, self.embed)  # (B, latent [+ latent])
         x = self.basis[None] * self.modulation(self.mapping(z))[:, :, None, None]  # (B, w0, 4, 4)
         return self.to_image(self.stages(x))  # each stage doubles: ... -> (B, w_last, H, W)
 
@@ -171,12 +176,14 @@ class ResNetDiscriminator(nn.Module):
                                        BiasedLeakyReLU(widths[-1]))
         self.basis = DepthwiseBasis(widths[-1])
         self.to_logit = msr_init_(nn.Linear(widths[-1], 1))
+        self.projection = cfg.projection(widths[-1])
 
-    def forward(self, img):  # (B, C, H, W) -> (B / pacgan, 1) logits
+    def forward(self, img, c=None):  # (B, C, H, W), classes (B,) -> (B / pacgan, 1) logits
         x = self.stages(self.from_image(pacgan_inputs(img, self.pacgan)))  # (B / pacgan, w_last, 4, 4)
         if self.mbstd_group:
             x = self.mbstd(torch.cat([x, minibatch_std(x, self.mbstd_group)], 1))
-        return self.to_logit(self.basis(x))
+        h = self.basis(x)  # (B / pacgan, w_last)
+        return projected(self.to_logit(h), h, c, self.projection)
 
 
 def minibatch_std(x, group):

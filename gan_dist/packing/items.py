@@ -10,7 +10,7 @@ class PackError(Exception):
 class Item(NamedTuple):
     name: str
     image: object
-    label: int | None = None
+    label: int | None = None  # an index into the Source's `classes`
 
 
 class Skip(NamedTuple):
@@ -35,3 +35,4 @@ class SourceOptions:
 class Source:
     items: Iterable
     info: dict
+    classes: list | None = None  # the class names that Items' labels index, for sources with labels

@@ -9,10 +9,11 @@
 
 Every image is converted to `--channels` (1 = greyscale, 3 = RGB), optionally cropped
 (`--center_crop`, or seeded random crops), resized to `--size` x `--size` and stored as
-lossless PNG under the key `png` (or `--format jpg` / `npy`; label, when the source has
-one, under `cls`). Downloads are cached and checked (gan_dist.packing.download). Shards are
-written under a temporary name and renamed when complete; manifest.json is written last,
-so a directory with a manifest is a finished pack. No torch here.
+lossless PNG under the key `png` (or `--format jpg` / `npy`; the label, when the source has
+one, under `cls` as the class's number, the manifest naming the classes and counting each).
+Downloads are cached and checked (gan_dist.packing.download). Shards are written under a
+temporary name and renamed when complete; manifest.json is written last, so a directory
+with a manifest is a finished pack. No torch here.
 """
 import argparse
 import io
@@ -26,12 +27,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gan_dist.budgets import IN_FLIGHT_BYTES, MAX_PACK_SIZE, MAX_SEED
+from gan_dist.budgets import IN_FLIGHT_BYTES, MAX_CLASSES, MAX_PACK_SIZE, MAX_SEED, class_names_problem
 from gan_dist.dirlock import DirectoryBusy, DirectoryLock
 from gan_dist.names import FORMATS, MANIFEST, SHARD_NAME, SHARD_PATTERN, cores
 from gan_dist.packing.download import sha256_file
 from gan_dist.packing.images import encode_image
-from gan_dist.packing.items import Item, PackError, Skip, SourceOptions
+from gan_dist.packing.items import PackError, Skip, SourceOptions
 from gan_dist.packing.sources import DEFAULTS, IMAGE_SUFFIXES, SOURCES
 from gan_dist.safe_io import UnsafePath, open_new, write_atomic
 
@@ -192,8 +193,11 @@ def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt
     for leftover in out.glob(".*.partial"):  # from an interrupted pack
         leftover.unlink()
 
+    if found.classes is not None and class_names_problem(found.classes):
+        raise PackError(f"source {source!r}: {class_names_problem(found.classes)}")
     sink, skipped, examples, seen = _ShardSink(out, shard_size), dict.fromkeys(SKIP_REASONS, 0), [], set()
     stats = {"source_images": 0}
+    class_counts, unlabelled = [0] * len(found.classes or ()), [0]
     crops = list(range(crops_per_image)) if crops_per_image else [None]
 
     def skip(name, reason):
@@ -225,19 +229,20 @@ def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt
                     seen.add(res[0])
                 sample = {"__key__": f"{sink.count:08d}", fmt: res[1]}
                 if label is not None:
+                    _count_label(class_counts, label, found.classes)
                     sample["cls"] = label
+                else:
+                    unlabelled[0] += 1
                 sink.write(sample)
                 sink.count += 1
                 bar.update()
 
-    has_labels, chunk = None, 256 * workers
+    chunk = 256 * workers
     try:
         with Pool(workers) if workers > 1 else ThreadPool(1) as pool, \
                 tqdm(desc="packing", unit="img", disable=not progress, leave=False) as bar:
             pending = None
             for entries in _batches(found.items, chunk):
-                if has_labels is None:
-                    has_labels = next((e.label is not None for e in entries if isinstance(e, Item)), None)
                 work = jobs(entries)
                 # encode this chunk while the previous one is written
                 result = pool.map_async(encode_image, [j for _, _, j in work],
@@ -263,7 +268,8 @@ def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt
     manifest = {
         "version": MANIFEST_VERSION, "source": source, "src": str(src) if src else None,
         "count": sink.count, "size": size, "channels": channels, "image_format": fmt,
-        "has_labels": bool(has_labels), "inputs": inputs, "source_images": stats["source_images"],
+        "has_labels": sink.count > unlabelled[0], **_classes(found.classes, class_counts, unlabelled[0]),
+        "inputs": inputs, "source_images": stats["source_images"],
         "skipped": skipped, "skipped_examples": examples,
         "options": {"size": size, "channels": channels, "format": fmt, "quality": quality if fmt == "jpg" else None,
                     "center_crop": center_crop or None, "crops_per_image": crops_per_image,
@@ -275,6 +281,27 @@ def _pack_into(out, source, src, found, size, channels, shard_size, workers, fmt
     write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     (out / PREVIOUS).unlink(missing_ok=True)
     return manifest
+
+
+def _count_label(counts, label, classes):
+    """Count one sample of class `label`; a source without class names numbers its classes from 0."""
+    if (not isinstance(label, int) or not 0 <= label < MAX_CLASSES
+            or (classes is not None and label >= len(classes))):
+        raise PackError(f"a sample's label {label!r} is not one of the source's {len(classes or counts)} classes")
+    if classes is None and label >= len(counts):
+        counts.extend([0] * (label + 1 - len(counts)))
+    counts[label] += 1
+
+
+def _classes(names, counts, unlabelled):
+    """The manifest's class names and per-class counts, when every sample carries a label."""
+    if unlabelled or not counts:
+        return {}
+    names = list(names) if names is not None else [str(i) for i in range(len(counts))]
+    problem = class_names_problem(names)
+    if problem:
+        raise PackError(f"the labels cannot be recorded: {problem}")
+    return {"classes": names, "class_counts": counts}
 
 
 def _reasons(skipped):

@@ -54,7 +54,7 @@ def read_digits(opts):
     digits = load_digits()
     images = np.round(digits.images * (255 / 16)).astype(np.uint8)
     return Source([Item(f"digit{i}", img, int(label)) for i, (img, label) in enumerate(zip(images, digits.target))],
-                  {})
+                  {}, [str(d) for d in range(10)])
 
 
 STACKED_COUNT = 30_000  # images in the stacked set: more than the 26,000 samples the benchmark judges
@@ -77,7 +77,7 @@ def read_stacked_digits(opts):
     items = (Item(f"stacked{i}", np.ascontiguousarray(images[row].transpose(1, 2, 0)),
                   int(digits.target[row] @ np.array([100, 10, 1])))
              for i, row in enumerate(rows))
-    return Source(items, {"expected_count": len(rows), "modes": 1000})
+    return Source(items, {"expected_count": len(rows), "modes": 1000}, [f"{i:03d}" for i in range(1000)])
 
 
 def read_lfw_subset(opts):
@@ -271,7 +271,7 @@ class _Dragon:
 
 
 def _splash_names(dragon, version):
-    """(version, champions, every skin's splash name) from a mirror's JSON files."""
+    """(version, champions, [(splash name, its champion's index)] for every skin) from a mirror's JSON files."""
     champ_rel = f"cdn/{version}/data/{LOL_LOCALE}/champion.json"
     if version == "latest" or not dragon.has(champ_rel):
         versions = dragon.json("api/versions.json", refresh=True)
@@ -285,7 +285,8 @@ def _splash_names(dragon, version):
     with ThreadPoolExecutor(8) as pool:
         per_champ = list(pool.map(lambda c: dragon.json(f"cdn/{version}/data/{LOL_LOCALE}/champion/{c['id']}.json"),
                                   champions))
-    return version, champions, [f"{c['id']}_{skin['num']}" for c, full in zip(champions, per_champ)
+    return version, champions, [(f"{c['id']}_{skin['num']}", i)
+                                for i, (c, full) in enumerate(zip(champions, per_champ))
                                 for skin in full["data"][c["id"]]["skins"]]
 
 
@@ -305,15 +306,17 @@ def read_lol(opts):
             return None
 
     with ThreadPoolExecutor(8) as pool:
-        paths = list(tqdm(pool.map(get_splash, splashes), total=len(splashes), desc="splash art",
-                          disable=not opts.progress, leave=False))
+        paths = list(tqdm(pool.map(get_splash, [name for name, _ in splashes]), total=len(splashes),
+                          desc="splash art", disable=not opts.progress, leave=False))
     if splashes and not any(paths):
         raise PackError(f"Data Dragon: none of the {len(splashes)} splash images could be downloaded from "
                         f"{dragon.base}; pass --src with a local copy or another mirror")
-    items = [Item(name, str(p)) if p else Skip(name, "download_failed") for name, p in zip(splashes, paths)]
+    # the label is the champion the splash's name starts with, by its Data Dragon id ("MonkeyKing" for Wukong)
+    items = [Item(name, str(p), champion) if p else Skip(name, "download_failed")
+             for (name, champion), p in zip(splashes, paths)]
     info = {"ddragon_version": version, "champions": len(champions), "skins": len(splashes), "notice": RIOT_NOTICE,
             "source_files": [dragon.files[k] for k in sorted(dragon.files)]}
-    return Source(items, info)
+    return Source(items, info, [c["id"] for c in champions])
 
 
 SOURCES = {"digits": read_digits, "stacked-digits": read_stacked_digits, "lfw-subset": read_lfw_subset,

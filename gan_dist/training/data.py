@@ -9,7 +9,7 @@ Workers read the tars with gan_dist.training.tarstream and decode in the worker 
 torchvision.io, a PNG only once gan_dist.training.pngcheck has found it well-formed; .npy
 without a copy); with `encoded=True` they pass JPEG bytes on for
 `decode_on_device`. Batches stay uint8 until they reach the device; `to_device_float`
-scales them there.
+scales them there. With `num_classes` (--cond) each batch comes with its class ids (training/labels.py).
 """
 import io
 import sys
@@ -24,6 +24,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from gan_dist.names import MANIFEST
 from gan_dist.packing.images import to_8bit
+from gan_dist.training.labels import label_of, labelled
 from gan_dist.training.manifest import DataError
 from gan_dist.training.pngcheck import plain_png
 from gan_dist.training.preemption import ignore_stop_signals
@@ -130,11 +131,12 @@ def _batches(src, batch_size, prepare, collate):
             items, skipped = [], 0
 
 
-def decode_on_device(encoded, device, channels):
-    """A batch from `epoch_batches(..., encoded=True)` -> (uint8 (B, C, H, W) on `device`, images that failed).
+def decode_on_device(encoded, device, channels, labels=None):
+    """A batch from `epoch_batches(..., encoded=True)` -> (uint8 (B, C, H, W) on `device`, images that failed);
+    with `labels` (B,), the batch is (images, labels).
 
     The JPEGs are decoded in one batched call on `device` (nvJPEG on CUDA). An image that fails
-    to decode is replaced by another of the same batch and counted, as the workers count theirs.
+    to decode is replaced by another of the same batch (its label with it) and counted, as the workers count theirs.
     """
     data, offsets = encoded
     bounds = offsets.tolist()
@@ -145,7 +147,8 @@ def decode_on_device(encoded, device, channels):
         # reading (pytorch/vision#9606): let the queued work finish first
         torch.cuda.current_stream(device).synchronize()
     try:
-        return torch.stack(decode_jpeg(jpegs, mode=mode, device=device)), 0
+        images = torch.stack(decode_jpeg(jpegs, mode=mode, device=device))
+        return (images if labels is None else (images, labels)), 0
     except RuntimeError:  # one bad image fails the whole call: find it
         images = []
         for jpeg in jpegs:
@@ -153,17 +156,20 @@ def decode_on_device(encoded, device, channels):
                 images.append(decode_jpeg(jpeg, mode=mode, device=device))
             except RuntimeError:
                 images.append(None)
-    good = [img for img in images if img is not None]
+    good = [i for i, img in enumerate(images) if img is not None]
     if not good:
         raise DataError(f"none of the {len(images)} JPEGs of a batch could be decoded on {device}; repack the data")
-    return torch.stack([img if img is not None else good[i % len(good)] for i, img in enumerate(images)]), \
-        len(images) - len(good)
+    take = [i if img is not None else good[i % len(good)] for i, img in enumerate(images)]
+    batch = torch.stack([images[i] for i in take])
+    return (batch if labels is None else (batch, labels[take])), len(images) - len(good)
 
 
-def device_decoded(batches, device, channels):
-    """(encoded batch, skipped) from `epoch_batches(..., encoded=True)` -> (uint8 batch on device, skipped)."""
-    for encoded, skipped in batches:
-        images, failed = decode_on_device(encoded, device, channels)
+def device_decoded(batches, device, channels, with_labels=False):
+    """(encoded batch, skipped) from `epoch_batches(..., encoded=True)` -> (uint8 batch on device, skipped);
+    `with_labels`: the batches are (encoded, class ids) and stay pairs."""
+    for batch, skipped in batches:
+        encoded, labels = batch if with_labels else (batch, None)
+        images, failed = decode_on_device(encoded, device, channels, labels)
         yield images, skipped + failed
 
 
@@ -196,18 +202,22 @@ class _WorkerShuffle(wds.detshuffle):
         return super().run(src)
 
 
-def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000, expected=None, encoded=False):
+def image_stream(urls, batch_size, seed, epoch, shuffle_buffer=1000, expected=None, encoded=False,
+                 num_classes=None):
     """An endless, seeded WebDataset pipeline of (uint8 batch (B, C, H, W), images skipped).
 
-    With `encoded`, batches hold the JPEGs undecoded, for `decode_on_device`."""
+    With `encoded`, batches hold the JPEGs undecoded, for `decode_on_device`; with `num_classes`, each batch is
+    (images, class ids) and a sample without a valid label is skipped."""
     epoch_seed = wds.utils.make_seed(seed, epoch)
+    stage = (_jpeg_or_none, _concat_jpegs) if encoded else (_decode_or_none, _collate)
+    if num_classes:
+        stage = labelled(*stage, num_classes)
     return wds.DataPipeline(
         # deterministic=True: the seed is (rank, worker, epoch_seed), never the clock
         wds.ResampledShards(urls, seed=epoch_seed, deterministic=True),
         wds.pipelinefilter(_checked_shard_samples)(expected),
         _WorkerShuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=epoch_seed),
-        wds.pipelinefilter(_batches)(batch_size, *((_jpeg_or_none, _concat_jpegs) if encoded
-                                                    else (_decode_or_none, _collate))),
+        wds.pipelinefilter(_batches)(batch_size, *stage),
     )
 
 
@@ -247,7 +257,7 @@ def _loader_batches(loader):
 
 
 def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, skip=0,
-                  pin_memory=False, expected=None, encoded=False):
+                  pin_memory=False, expected=None, encoded=False, num_classes=None):
     """Yield exactly `steps_per_epoch - skip` (uint8 batch, images skipped) of this rank's stream for `epoch`.
 
     Args:
@@ -261,9 +271,11 @@ def epoch_batches(urls, batch_size, steps_per_epoch, seed, epoch, num_workers, s
         pin_memory: pin host memory for faster, non-blocking copies to a GPU.
         expected: {url: sample count} from the manifest, to count samples of truncated shards as skipped.
         encoded: batches of undecoded JPEGs (`decode_on_device` decodes them) instead of images.
+        num_classes: with it, each batch is (images, class ids); samples without a valid label are skipped.
     """
     loader = torch.utils.data.DataLoader(
-        image_stream(urls, batch_size, seed, epoch, expected=expected, encoded=encoded), batch_size=None,
+        image_stream(urls, batch_size, seed, epoch, expected=expected, encoded=encoded, num_classes=num_classes),
+        batch_size=None,
         num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
         # An explicit generator keeps the loader from drawing from the global torch RNG,
         # which would shift every later noise sample (and break exact resume).
@@ -276,49 +288,60 @@ def decoded_gib(manifest):
     return manifest["count"] * manifest["channels"] * manifest["size"] ** 2 / 2**30
 
 
-def _keyed_chunks(src, size=256):
-    """Samples -> ([(url, key)], their images as one uint8 tensor, samples that failed) per `size` samples:
-    one tensor crosses from a worker per chunk (each tensor passed costs a file descriptor and a round trip)."""
-    names, images, failed = [], [], 0
+def _keyed_chunks(src, size=256, num_classes=None):
+    """Samples -> ([(url, key)], their images as one uint8 tensor, their labels, samples that failed) per `size`
+    samples: one tensor crosses from a worker per chunk (each tensor passed costs a file descriptor and a round
+    trip). Labels are read only with `num_classes`; a sample without a valid one then fails."""
+    names, images, labels, failed = [], [], [], 0
     for sample in src:
         img = _decode_or_none(sample)
-        if img is None:
+        label = label_of(sample, num_classes) if num_classes else 0
+        if img is None or label is None:
             failed += 1
         else:
             names.append((sample["__url__"], sample["__key__"]))
             images.append(img)
+            labels.append(label)
         if len(names) + failed == size:
-            yield names, _collate(images) if images else None, failed
-            names, images, failed = [], [], 0
+            yield names, _collate(images) if images else None, labels, failed
+            names, images, labels, failed = [], [], [], 0
     if names or failed:
-        yield names, _collate(images) if images else None, failed
+        yield names, _collate(images) if images else None, labels, failed
 
 
-def load_into_memory(urls, num_workers=0, expected=None):
-    """Decode every image in `urls` once; return (uint8 tensor (N, C, H, W) in (shard, key) order, images skipped)."""
+def load_into_memory(urls, num_workers=0, expected=None, num_classes=None):
+    """Decode every image in `urls` once; return (uint8 tensor (N, C, H, W) in (shard, key) order, images skipped).
+    With `num_classes` the first is (images, int64 class ids (N,)), and samples without a valid label are skipped."""
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls), wds.split_by_worker, wds.pipelinefilter(_checked_shard_samples)(expected),
-        wds.pipelinefilter(_keyed_chunks)())
+        wds.pipelinefilter(_keyed_chunks)(num_classes=num_classes))
     loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=min(num_workers, len(urls)),
                                          worker_init_fn=ignore_stop_signals,
                                          generator=torch.Generator())  # leave the global RNG alone
-    names, chunks, skipped = [], [], 0
-    for chunk_names, chunk, failed in _loader_batches(loader):
+    names, chunks, labels, skipped = [], [], [], 0
+    for chunk_names, chunk, chunk_labels, failed in _loader_batches(loader):
         names += chunk_names
+        labels += chunk_labels
         skipped += failed
         if chunk is not None:
             chunks.append(chunk)
     if not names:
-        raise DataError(f"none of the {skipped} images in the shards could be decoded; repack the data")
+        what = "images in the shards could be decoded with a valid label" if num_classes else \
+            "images in the shards could be decoded"
+        raise DataError(f"none of the {skipped} {what}; repack the data")
     if len({chunk.shape[1:] for chunk in chunks}) > 1:
         raise DataError(f"the shards hold images of several shapes ({sorted({c.shape[1:] for c in chunks})}); "
                         "repack the data")
-    order = sorted(range(len(names)), key=names.__getitem__)  # the same order whatever the worker count
-    return torch.cat(chunks)[torch.tensor(order)].contiguous(), skipped
+    order = torch.tensor(sorted(range(len(names)), key=names.__getitem__))  # the same whatever the worker count
+    images = torch.cat(chunks)[order].contiguous()
+    if num_classes:
+        return (images, torch.tensor(labels, dtype=torch.int64)[order]), skipped
+    return images, skipped
 
 
-def memory_epoch_batches(images, batch_size, steps_per_epoch, seed, epoch, rank, world_size, skip=0):
-    """Yield this rank's (batch, 0) of `epoch` from images held in memory: a true epoch.
+def memory_epoch_batches(images, batch_size, steps_per_epoch, seed, epoch, rank, world_size, skip=0, labels=None):
+    """Yield this rank's (batch, 0) of `epoch` from images held in memory: a true epoch. With `labels` (N,) (on
+    the images' device) each batch is (images, class ids).
 
     One permutation per epoch, the same on every rank, is dealt out rank by rank, so
     within an epoch no image is used twice across ranks. The permutation is drawn on the host
@@ -327,7 +350,8 @@ def memory_epoch_batches(images, batch_size, steps_per_epoch, seed, epoch, rank,
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(wds.utils.make_seed(seed, epoch)))
     mine = perm[rank::world_size][: steps_per_epoch * batch_size].to(images.device)
     for i in range(skip, steps_per_epoch):
-        yield images[mine[i * batch_size:(i + 1) * batch_size]], 0
+        idx = mine[i * batch_size:(i + 1) * batch_size]
+        yield (images[idx] if labels is None else (images[idx], labels[idx])), 0
 
 
 def to_device_float(batch, device):

@@ -4,7 +4,8 @@ A manifest names its shards; those names become file paths (or, with --shard_url
 URL or a shell command), so each must be a plain `*.tar` file name, named once, and a local
 shard must be a regular file in the pack directory itself (not a link). Its counts must fit
 the bytes there are: each sample takes at least one 512-byte tar header, and the shard's
-size, when the manifest records it, is compared before any hashing. Local shards are handed to
+size, when the manifest records it, is compared before any hashing. Class names (`classes`, with
+`class_counts`) are bounded in number and length (gan_dist.budgets). Local shards are handed to
 WebDataset as `file://` URIs, which it only ever opens as files, and their sha256 is checked
 against the manifest once per pack: the result is cached by size and mtime in the pack
 directory (`.verified.json`), so later runs only stat the files.
@@ -14,7 +15,7 @@ import re
 import shlex
 from pathlib import Path
 
-from gan_dist.budgets import MAX_PACK_SIZE, TAR_BLOCK
+from gan_dist.budgets import MAX_PACK_SIZE, TAR_BLOCK, class_names_problem
 from gan_dist.names import FORMATS, MANIFEST, SHARD_NAME
 from gan_dist.packing.download import sha256_file
 from gan_dist.safe_io import UnsafePath, plain_file, write_atomic
@@ -25,6 +26,9 @@ MAX_MANIFEST_BYTES = 64 << 20
 
 class DataError(Exception):
     """The training data is missing, empty or does not match the requested options."""
+
+
+MAX_CLASS_COUNT = 2**53  # images of one class: exact as a float64, for the class frequencies
 
 
 def _plain_int(value, low):
@@ -66,6 +70,15 @@ def check_manifest(manifest, where):
             raise bad(f"shard {name} has a malformed sha256")
     if sum(s["count"] for s in shards) != manifest["count"]:
         raise bad(f"count {manifest['count']} is not the sum of the shard counts")
+    if "classes" in manifest or "class_counts" in manifest:
+        problem = class_names_problem(manifest.get("classes"))
+        if problem:
+            raise bad(problem)
+        counts = manifest.get("class_counts")
+        # not tied to `count`: a pack cut down by editing its manifest keeps the whole pack's class frequencies
+        if (not isinstance(counts, list) or len(counts) != len(manifest["classes"])
+                or not all(_plain_int(n, 0) and n <= MAX_CLASS_COUNT for n in counts) or not any(counts)):
+            raise bad(f"class_counts is not one count (0 to {MAX_CLASS_COUNT:,}, not all 0) per class")
 
 
 def _pack_file(root, name, data):
@@ -179,6 +192,20 @@ def load_manifest(data, shard_url=None, verify=True):
     if verify and not shard_url:
         verify_shards(root, shards, data)
     return manifest, urls
+
+
+LABELLED_SOURCES = ("digits", "stacked-digits", "lol")
+
+
+def pack_classes(manifest, data):
+    """(class names, images per class) of a pack, for --cond; DataError when it records none."""
+    if "classes" not in manifest:
+        why = ("it was packed before class names were recorded" if manifest.get("has_labels")
+               else "its source gives none")
+        raise DataError(f"--data {data}: this pack has no class labels ({why}); repack with "
+                        f"`python -m gan_dist.shard SOURCE --out {data} ...` from a source with labels "
+                        f"({', '.join(LABELLED_SOURCES)}), or drop --cond")
+    return manifest["classes"], manifest["class_counts"]
 
 
 def check_matches(manifest, img_size, channels, data, jpeg=False):

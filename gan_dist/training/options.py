@@ -166,12 +166,12 @@ def split_batch(batch_size, accumulation=None, batch_gpu=None):
     return micro, accumulation
 
 
-def gan_config(args):
-    """The networks' configuration (GANConfig) these options ask for."""
+def gan_config(args, classes=()):
+    """The networks' configuration (GANConfig) these options ask for; `classes`: the pack's class names (--cond)."""
     return GANConfig(args.arch, args.latent_dim, args.img_size, args.channels, width=args.width,
                      widths=tuple(args.widths or ()), blocks=args.blocks, group_size=args.group_size,
                      expansion=args.expansion, mapping_layers=args.mapping_layers, pacgan=args.pacgan,
-                     mbstd_group=args.mbstd_group, size=args.size or "")
+                     mbstd_group=args.mbstd_group, size=args.size or "", classes=tuple(classes))
 
 
 def parse_args(argv=None):
@@ -239,6 +239,9 @@ def parse_args(argv=None):
                    help=preset_help("mbstd_group", "resnet: D also sees the std of its 4x4 features over groups of "
                                     "this many inputs (StyleGAN's minibatch std; 0 = off); the (micro-)batch per "
                                     "process over --pacgan must be a multiple; default 0"))
+    p.add_argument("--cond", action="store_true",
+                   help="class-conditional G and D from the pack's class labels (the shards' cls): G embeds the "
+                        "class beside z, D adds a projection head; the fakes take the real batch's classes")
     p.add_argument("--loss", choices=LOSSES, default=None,
                    help=preset_help("loss", "bce: the vanilla BCE; hinge; rpgan: relativistic pairing"))
     p.add_argument("--r1_gamma", type=float, default=None,
@@ -404,6 +407,8 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(str(e))
     batch = f"--batch_size {args.batch_size}" + (f" (micro-batches of {micro})" if accumulation > 1 else "")
+    if args.cond and args.pacgan > 1:
+        p.error(f"--cond needs --pacgan 1: a PacGAN group of {args.pacgan} images would mix classes under one logit")
     if args.pacgan >= 1 and micro % args.pacgan:
         p.error(f"{batch} does not split into groups of --pacgan {args.pacgan}; use a multiple of it")
     per_d = micro // max(1, args.pacgan)

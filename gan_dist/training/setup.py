@@ -8,8 +8,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from gan_dist.budgets import BudgetError, check_params
 from gan_dist.dirlock import DirectoryLock
 from gan_dist.evaluation.colour import DriftTracker, colour_stats
+from gan_dist.networks.conditioning import classes_as_data, grid_classes, listed
 from gan_dist.networks.models import build_models
 from gan_dist.networks.sizes import describe, network_figures
 from gan_dist.training.augmentation import AdaptiveAugment, make_augment
@@ -17,7 +19,7 @@ from gan_dist.training.checkpoint import load_checkpoint, read_meta, remove_part
 from gan_dist.training.data import check_images, first_batch, to_device_float
 from gan_dist.training.ddp import check_launch, check_same_choice, convert_sync_bn, ddp_kwargs, process_group_kwargs
 from gan_dist.training.ema import load_ema, make_ema
-from gan_dist.training.manifest import check_batch, check_matches, load_manifest
+from gan_dist.training.manifest import check_batch, check_matches, load_manifest, pack_classes
 from gan_dist.training.options import BatchSplit, split_batch
 from gan_dist.training.options import gan_config as config_of
 from gan_dist.training.preemption import StopSignal
@@ -64,6 +66,14 @@ class Run:
     colour_z: Optional[torch.Tensor] = None
     real_colour: Optional[dict] = None
     ada: Optional[AdaptiveAugment] = None  # --aug ada: the pipeline, its p and r_t
+    class_counts: Optional[list] = None  # --cond: the pack's images per class
+    fixed_c: Optional[torch.Tensor] = None  # --cond, main process: the grid's classes, one row per class
+    colour_c: Optional[torch.Tensor] = None
+    grid_columns: int = 5
+
+    def classes_as_data(self, n):
+        """n class ids at the data's class frequencies (--cond), else None."""
+        return classes_as_data(self.class_counts, n) if self.class_counts else None
 
     @property
     def global_batch(self):
@@ -102,7 +112,8 @@ def read_resume_point(args, output_dir, gan_config):
         ours.pop("size", None)
     if meta and meta["gan_config"] != ours:
         raise UsageError(f"checkpoint {resume_dir} was made for {meta['gan_config']}, not {gan_config.to_dict()}; "
-                         "resume with the same --arch/--img_size/--channels/--latent_dim or use a new --output_dir")
+                         "resume with the same --arch/--img_size/--channels/--latent_dim/--cond or use a new "
+                         "--output_dir")
     return resume_dir, meta
 
 
@@ -132,7 +143,13 @@ def setup(args):
     if not args.shard_url:
         check_images(manifest, urls, args.data)
     check_matches(manifest, args.img_size, args.channels, args.data, jpeg=args.decode_on_device)
-    gan_config = config_of(args)
+    classes, class_counts = pack_classes(manifest, args.data) if args.cond else ((), None)
+    gan_config = config_of(args, classes)
+    if classes:
+        try:  # the class embeddings' parameters, now that the pack says how many classes there are
+            check_params(gan_config, args.max_params, where=f"--cond with {len(classes):,} classes: ", both=True)
+        except BudgetError as e:
+            raise UsageError(f"{e}; pass a larger --max_params if you mean it") from None
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir, args.resume_from_checkpoint)
     resume_dir, meta = read_resume_point(args, output_dir, gan_config)
@@ -188,7 +205,7 @@ def setup(args):
         acc.unwrap_model(G).compile()  # in place, after G_ema's copy; D stays eager (see make_accelerator)
 
     # ---- real images and the run's counters
-    data = real_data(args, manifest, urls, acc, steps_per_epoch)
+    data = real_data(args, manifest, urls, acc, steps_per_epoch, len(classes) or None)
     progress = Progress(global_batch, steps_per_epoch, acc.num_processes, meta.get("global_step", 0),
                         meta.get("skipped_samples", data.skipped_at_load))
 
@@ -205,10 +222,17 @@ def setup(args):
               GANStep(acc, G, D, opt_G, opt_D, args.loss, augment, batch.accumulation), memory_format, data,
               progress, batch, steps_per_epoch, max_train_steps, stopper, drift, extractor,
               *(MetricsLog(acc, output_dir, kind) for kind in ("train", "samples", "eval")),
-              init_trackers(acc, args.tracker_project_name, config, output_dir, meta.get("wandb_run_id")), ada=ada)
+              init_trackers(acc, args.tracker_project_name, config, output_dir, meta.get("wandb_run_id")),
+              ada=ada, class_counts=class_counts)
     if acc.is_main_process:
         noise = torch.Generator().manual_seed(args.seed)  # the same z for the whole run: progress is visible
-        run.fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=noise).to(acc.device)
+        if classes:  # one row per class, the same z down each column
+            fixed_c, run.grid_columns = grid_classes(len(classes), args.n_samples)
+            z = torch.randn(run.grid_columns, args.latent_dim, generator=noise)
+            run.fixed_z, run.fixed_c = z.repeat(len(fixed_c) // run.grid_columns, 1).to(acc.device), fixed_c
+            run.colour_c = run.classes_as_data(args.colour_samples)
+        else:
+            run.fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=noise).to(acc.device)
         run.colour_z = torch.randn(args.colour_samples, args.latent_dim, generator=noise).to(acc.device)
         run.real_colour = colour_stats(to_device_float(first_batch(urls, args.colour_samples, args.seed + 1), "cpu"))
         if progress.step == 0:
@@ -231,4 +255,6 @@ def print_banner(run):
         f"  processes {acc.num_processes} ({acc.distributed_type}, {acc.state.backend or 'no process group'}, "
         f"{acc.device}), mixed precision {acc.mixed_precision}\n"
         f"  {run.batch}; {run.steps_per_epoch} steps per epoch; "
-        f"{run.max_train_steps} steps ({run.max_train_steps / run.steps_per_epoch:.1f} epochs)")
+        f"{run.max_train_steps} steps ({run.max_train_steps / run.steps_per_epoch:.1f} epochs)"
+        + (f"\n  class-conditional: {len(run.gan_config.classes)} classes ({listed(list(run.gan_config.classes))})"
+           if run.gan_config.classes else ""))

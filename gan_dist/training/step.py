@@ -1,13 +1,15 @@
 """One optimizer step of each network as phases, after StyleGAN2-ADA's accumulate_gradients(phase).
 
     step = GANStep(accelerator, G, D, opt_G, opt_D, loss="rpgan", augment=None)
-    d, g = step(real_img, gen_z, r1_gamma, r2_gamma, with_norms=log_now)
+    d, g = step(real_img, gen_z, r1_gamma, r2_gamma, with_norms=log_now, real_c=None)
 
 The D phase scores reals and fakes, the regularisation phase adds R1/R2 on the steps that
 regularise, and the G phase updates G through the updated D. Each phase returns a record of
 its diagnostics as device tensors (no host sync); the loop hands them to the stats.
 `augment` is applied to every image D sees. With `accumulation` N, each phase works through
-N micro-batches of the batch and steps its optimizer once.
+N micro-batches of the batch and steps its optimizer once. With class ids `real_c` (--cond), D scores each real
+with its own class, and the fakes are drawn for the real batch's classes, so the classes G learns come at the
+data's frequencies (and under rpgan each real is paired with a fake of its class).
 """
 import contextlib
 import math
@@ -87,24 +89,31 @@ class GANStep:
                                         if self.plain else (opt_G, opt_D))
         self.backward = (lambda loss: loss.backward()) if self.plain else accelerator.backward
 
-    def __call__(self, real_img, gen_z, r1_gamma=0.0, r2_gamma=0.0, with_norms=False):
-        """One D update then one G update; returns (DRecord, GRecord)."""
+    def __call__(self, real_img, gen_z, r1_gamma=0.0, r2_gamma=0.0, with_norms=False, real_c=None):
+        """One D update then one G update; returns (DRecord, GRecord). `real_c`: the reals' class ids (--cond)."""
         n = self.accumulation
         with self.phase("D_phase"):
             if n == 1:
                 with self.accelerator.autocast():
-                    gen_img = self.G(gen_z)  # one G forward: D's phase sees it detached, G's phase reuses it
-                micro_batches = [(real_img, gen_z, gen_img)]
+                    gen_img = self._G(gen_z, real_c)  # one G forward: D's phase sees it detached, G's phase reuses it
+                micro_batches = [(real_img, real_c, gen_z, gen_img)]
             else:
                 if real_img.size(0) % n:
                     raise ValueError(f"a batch of {real_img.size(0)} does not split into {n} equal micro-batches")
                 # each phase runs G on its micro-batch: keeping G's graph for every micro-batch until the G phase
                 # would hold the whole batch's activations, which accumulation is there to avoid
-                micro_batches = list(zip(real_img.chunk(n), gen_z.chunk(n), [None] * n))
+                classes = real_c.chunk(n) if real_c is not None else [None] * n
+                micro_batches = list(zip(real_img.chunk(n), classes, gen_z.chunk(n), [None] * n))
             d = self.discriminator_phase(micro_batches, r1_gamma, r2_gamma, with_norms)
         with self.phase("G_phase"):
             g = self.generator_phase(micro_batches, with_norms)
         return d, g
+
+    def _G(self, z, c):
+        return self.G(z) if c is None else self.G(z, c)
+
+    def _D(self, img, c):
+        return self.D(img) if c is None else self.D(img, c)
 
     def _sync_unless_last(self, model, i):
         """DDP all-reduces on the last micro-batch's backward only; the others accumulate locally."""
@@ -113,29 +122,31 @@ class GANStep:
     def discriminator_phase(self, micro_batches, r1_gamma, r2_gamma, with_norms):
         """(1) Update D: maximize log D(x) + log(1 - D(G(z))) (or the hinge / relativistic objective).
 
-        `micro_batches`: (reals, z, G's images or None to generate them here) for each micro-batch."""
+        `micro_batches`: (reals, their classes or None, z, G's images or None to generate them here) for each
+        micro-batch; the fakes are drawn for the reals' classes."""
         self.update_D.zero_grad(set_to_none=True)
         parts = []
-        for i, (real_img, gen_z, gen_img) in enumerate(micro_batches):
+        for i, (real_img, c, gen_z, gen_img) in enumerate(micro_batches):
             with self._sync_unless_last(self.D, i):
                 if gen_img is None:
                     with torch.no_grad(), self.accelerator.autocast():
-                        gen_img = self.G(gen_z)
-                parts.append(self._discriminator_micro_batch(real_img, gen_img, r1_gamma, r2_gamma))
+                        gen_img = self._G(gen_z, c)
+                parts.append(self._discriminator_micro_batch(real_img, gen_img, c, r1_gamma, r2_gamma))
         norm = grad_norm(self.D, self.scaler) if with_norms else None
         losses, real_logits, fake_logits, penalties = zip(*parts)
         penalties = {k: _mean([p[k] for p in penalties]) for k in penalties[0]}
         return DRecord(_mean(losses), _cat(real_logits), _cat(fake_logits), penalties, norm,
                        self._update(self.update_D))
 
-    def _discriminator_micro_batch(self, real_img, gen_img, r1_gamma, r2_gamma):
-        """D's loss and penalties on one micro-batch, backpropagated with its share of the batch."""
+    def _discriminator_micro_batch(self, real_img, gen_img, c, r1_gamma, r2_gamma):
+        """D's loss and penalties on one micro-batch (classes `c` for reals and fakes alike, or None),
+        backpropagated with its share of the batch."""
         # the penalties differentiate D's output with respect to the images before augmentation, through it, as
-        # StyleGAN2-ADA and R3GAN do (without augmentation: exactly what D saw)
+        # StyleGAN2-ADA and R3GAN do (without augmentation: exactly what D saw); never with respect to the classes
         real_img = real_img.detach().requires_grad_(bool(r1_gamma))
         gen_img = gen_img.detach().requires_grad_(bool(r2_gamma))
         with self.accelerator.autocast():
-            real_logits, fake_logits = self.D(self.augment(real_img)), self.D(self.augment(gen_img))
+            real_logits, fake_logits = self._D(self.augment(real_img), c), self._D(self.augment(gen_img), c)
             loss_D = d_loss(real_logits, fake_logits, self.loss)
         penalties, total_D = self.regularisation_phase(loss_D, real_logits, real_img, fake_logits, gen_img,
                                                        r1_gamma, r2_gamma)
@@ -166,18 +177,18 @@ class GANStep:
         self.D.requires_grad_(False)
         self.update_G.zero_grad(set_to_none=True)
         losses = []
-        for i, (real_img, gen_z, gen_img) in enumerate(micro_batches):
+        for i, (real_img, c, gen_z, gen_img) in enumerate(micro_batches):
             # D under no_sync as well: a forward of a DDP D outside it arms D's reducer, which would then
             # all-reduce in the next step's first micro-batch, under no_sync or not
             with self._sync_unless_last(self.G, i), self.accelerator.no_sync(self.D):
                 with self.accelerator.autocast():
                     if gen_img is None:
-                        gen_img = self.G(gen_z)
+                        gen_img = self._G(gen_z, c)
                     paired_real = None
                     if self.loss == "rpgan":  # the reals paired with this batch's fakes, scored by the updated D
                         with torch.no_grad():
-                            paired_real = self.D(aug(real_img))
-                    loss_G = g_loss(self.D(aug(gen_img)), paired_real, self.loss)
+                            paired_real = self._D(aug(real_img), c)
+                    loss_G = g_loss(self._D(aug(gen_img), c), paired_real, self.loss)
                 self.backward(loss_G * (1 / self.accumulation))
             losses.append(loss_G.detach())
         norm = grad_norm(self.G, self.scaler) if with_norms else None

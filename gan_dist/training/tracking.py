@@ -124,8 +124,9 @@ class MetricsLog:
             append_row(self.path, step, row, self.accelerator.print)
 
 
-def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5):
-    """Save images in [-1, 1] as a grid PNG under OUTPUT_DIR/samples and send it to the trackers."""
+def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5, caption=None):
+    """Save images in [-1, 1] as a grid PNG under OUTPUT_DIR/samples and send it to the trackers (W&B with
+    `caption`, e.g. the classes of a conditional grid's rows)."""
     if not accelerator.is_main_process:
         return None
     grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
@@ -137,7 +138,7 @@ def log_grid(accelerator, images, output_dir, step, key="samples", nrow=5):
         try:
             if tracker.name == "wandb":
                 import wandb
-                tracker.log({key: wandb.Image(hwc)}, step=step)
+                tracker.log({key: wandb.Image(hwc, caption=caption)}, step=step)
             elif tracker.name == "tensorboard":
                 tracker.log_images({key: np.ascontiguousarray(hwc)}, step=step, dataformats="HWC")
         except Exception as e:

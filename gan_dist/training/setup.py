@@ -1,4 +1,5 @@
 """Everything a training run needs before its first step, checked and built in one call: `setup(args) -> Run`."""
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class Run:
     fixed_z: Optional[torch.Tensor] = None  # main process only: the grids' noise, the same all run
     colour_z: Optional[torch.Tensor] = None
     real_colour: Optional[dict] = None
+    dir_lock: Any = contextlib.nullcontext()  # the main process's DirectoryLock on output_dir
 
     @property
     def global_batch(self):
@@ -141,7 +143,7 @@ def setup(args):
                        acc.num_processes)
     config = {**vars(args), "batch_split": batch.to_dict()}  # the split as run (--config ignores it)
     if acc.is_main_process:
-        DirectoryLock(output_dir, "gan_dist.train")  # one trainer per run directory, until this process exits
+        dir_lock = DirectoryLock(output_dir, "gan_dist.train")  # one trainer per run directory
         write_args(output_dir, config)
         remove_partials(output_dir)
 
@@ -202,6 +204,7 @@ def setup(args):
               *(MetricsLog(acc, output_dir, kind) for kind in ("train", "samples", "eval")),
               init_trackers(acc, args.tracker_project_name, config, output_dir, meta.get("wandb_run_id")))
     if acc.is_main_process:
+        run.dir_lock = dir_lock
         noise = torch.Generator().manual_seed(args.seed)  # the same z for the whole run: progress is visible
         run.fixed_z = torch.randn(args.n_samples, args.latent_dim, generator=noise).to(acc.device)
         run.colour_z = torch.randn(args.colour_samples, args.latent_dim, generator=noise).to(acc.device)

@@ -50,70 +50,71 @@ def batch_stream(data, start_step, max_train_steps, steps_per_epoch):
 
 def train(args):
     run = setup(args)
-    acc, progress, stats = run.accelerator, run.progress, IntervalStats(run.accelerator.device)
-    interactive = sys.stderr.isatty()  # a live bar on a terminal, plain lines in log files
-    bar = tqdm(total=run.max_train_steps, initial=progress.step, mininterval=1.0, dynamic_ncols=True,
-               disable=not (acc.is_main_process and interactive))
-    profiler = StepProfiler(run.output_dir, args.profile_steps, args.profile_warmup, acc.device, acc.process_index)
-    run.gan_step.phase = profiler.phase  # labels the D, regularisation and G phases in the trace
-    batches = batch_stream(run.data, progress.step, run.max_train_steps, run.steps_per_epoch)
-    t_wait = time.perf_counter()
-    for step, real_u8, n_skipped in profiler.labelled(batches, "data"):
-        stats.data_wait += time.perf_counter() - t_wait
-        progress.count_skipped(n_skipped)
-        with profiler.phase("data"):
-            real_c = None
-            if args.cond:  # the reals' classes; the fakes are drawn for the same classes
-                real_u8, real_c = real_u8
-                real_c = real_c.to(acc.device, non_blocking=True)
-            real_img = to_device_float(real_u8, acc.device).contiguous(memory_format=run.memory_format)
-            gen_z = torch.randn(real_img.size(0), args.latent_dim, device=acc.device)
-            if args.mirror:
-                real_img = mirror(real_img, args.seed, step, acc.process_index)
-        lr_G, lr_D, r1_gamma, r2_gamma = schedule(args, step, run.max_train_steps, run.global_batch)
-        for opt, lr in ((run.opt_G, lr_G), (run.opt_D, lr_D)):  # from the command line, not a checkpoint
-            for group in opt.param_groups:
-                group["lr"] = lr
-        done = step >= run.max_train_steps
-        log_now = step % args.log_steps == 0 or step % args.checkpointing_steps == 0 or done
-
-        # ---- (1) D step with its penalties, (2) G step, then G's moving average
-        if run.ada is not None:
-            run.ada.begin(step)  # the augmentations' draws from (seed, step, rank): a resume repeats them
-        d, g = run.gan_step(real_img, gen_z, r1_gamma, r2_gamma, with_norms=log_now, real_c=real_c)
-        if run.ada is not None:
-            run.ada.observe(d, step, acc)  # D's signs on the reals; every --aug_interval steps p moves (collective)
-        if run.G_ema is not None:
-            with profiler.phase("ema"):
-                ema_update(run.G_ema, run.G, run.global_batch, args.ema_kimg, step * run.global_batch,
-                           args.ema_rampup)
-        progress.step = step
-        stats.add(d, g, lr_D, lr_G)
-        profiler.step()
-        bar.update(1)
-
-        # ---- periodic work; a requested stop saves and leaves
-        stop = run.stopper.should_stop(step) and not done  # a collective every few steps
-        if log_now:
-            log_metrics(run, stats, step, bar, interactive)
-        if acc.is_main_process and (step % args.sample_interval == 0 or done):
-            save_grids(run, step)
-        if run.extractor is not None and (step % args.eval_steps == 0 or done):
-            evaluate_now(run, step)
-        if step % args.checkpointing_steps == 0 or done or stop:
-            save(run, step)
-        if stop:
-            profiler.close()
-            bar.close()
-            finish_run(acc, run.output_dir)
-            acc.print(f"stopped by {run.stopper.received or 'a signal on another rank'} at step {step}; checkpoint "
-                      f"saved; continue with --resume_from_checkpoint latest (exit {EXIT_PREEMPTED})")
-            raise Preempted(step)
+    with run.dir_lock:  # held to the end; the kernel drops it if the process dies first
+        acc, progress, stats = run.accelerator, run.progress, IntervalStats(run.accelerator.device)
+        interactive = sys.stderr.isatty()  # a live bar on a terminal, plain lines in log files
+        bar = tqdm(total=run.max_train_steps, initial=progress.step, mininterval=1.0, dynamic_ncols=True,
+                   disable=not (acc.is_main_process and interactive))
+        profiler = StepProfiler(run.output_dir, args.profile_steps, args.profile_warmup, acc.device, acc.process_index)
+        run.gan_step.phase = profiler.phase  # labels the D, regularisation and G phases in the trace
+        batches = batch_stream(run.data, progress.step, run.max_train_steps, run.steps_per_epoch)
         t_wait = time.perf_counter()
-    profiler.close()
-    bar.close()
-    finish_run(acc, run.output_dir)
-    acc.print(f"done: {progress.step} steps; run directory {run.output_dir}")
+        for step, real_u8, n_skipped in profiler.labelled(batches, "data"):
+            stats.data_wait += time.perf_counter() - t_wait
+            progress.count_skipped(n_skipped)
+            with profiler.phase("data"):
+                real_c = None
+                if args.cond:  # the reals' classes; the fakes are drawn for the same classes
+                    real_u8, real_c = real_u8
+                    real_c = real_c.to(acc.device, non_blocking=True)
+                real_img = to_device_float(real_u8, acc.device).contiguous(memory_format=run.memory_format)
+                gen_z = torch.randn(real_img.size(0), args.latent_dim, device=acc.device)
+                if args.mirror:
+                    real_img = mirror(real_img, args.seed, step, acc.process_index)
+            lr_G, lr_D, r1_gamma, r2_gamma = schedule(args, step, run.max_train_steps, run.global_batch)
+            for opt, lr in ((run.opt_G, lr_G), (run.opt_D, lr_D)):  # from the command line, not a checkpoint
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            done = step >= run.max_train_steps
+            log_now = step % args.log_steps == 0 or step % args.checkpointing_steps == 0 or done
+
+            # ---- (1) D step with its penalties, (2) G step, then G's moving average
+            if run.ada is not None:
+                run.ada.begin(step)  # the augmentations' draws from (seed, step, rank): a resume repeats them
+            d, g = run.gan_step(real_img, gen_z, r1_gamma, r2_gamma, with_norms=log_now, real_c=real_c)
+            if run.ada is not None:
+                run.ada.observe(d, step, acc)  # D's signs on the reals; every --aug_interval steps p moves (collective)
+            if run.G_ema is not None:
+                with profiler.phase("ema"):
+                    ema_update(run.G_ema, run.G, run.global_batch, args.ema_kimg, step * run.global_batch,
+                               args.ema_rampup)
+            progress.step = step
+            stats.add(d, g, lr_D, lr_G)
+            profiler.step()
+            bar.update(1)
+
+            # ---- periodic work; a requested stop saves and leaves
+            stop = run.stopper.should_stop(step) and not done  # a collective every few steps
+            if log_now:
+                log_metrics(run, stats, step, bar, interactive)
+            if acc.is_main_process and (step % args.sample_interval == 0 or done):
+                save_grids(run, step)
+            if run.extractor is not None and (step % args.eval_steps == 0 or done):
+                evaluate_now(run, step)
+            if step % args.checkpointing_steps == 0 or done or stop:
+                save(run, step)
+            if stop:
+                profiler.close()
+                bar.close()
+                finish_run(acc, run.output_dir)
+                acc.print(f"stopped by {run.stopper.received or 'a signal on another rank'} at step {step}; checkpoint "
+                          f"saved; continue with --resume_from_checkpoint latest (exit {EXIT_PREEMPTED})")
+                raise Preempted(step)
+            t_wait = time.perf_counter()
+        profiler.close()
+        bar.close()
+        finish_run(acc, run.output_dir)
+        acc.print(f"done: {progress.step} steps; run directory {run.output_dir}")
 
 
 def log_metrics(run, stats, step, bar, interactive):

@@ -1,3 +1,5 @@
+import contextlib
+import importlib
 import io
 import json
 import os
@@ -6,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +68,36 @@ def run_module(module, *args, env=None, timeout=300, cwd=None):
     full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd or ROOT)
+
+
+def run_here(module, *args, env=None):
+    """`python -m module args` run in this process, for tests that need no process boundary (signals, ranks and
+    hangs do): the same exit code and output as run_module, without a new interpreter importing torch again."""
+    from accelerate.state import AcceleratorState
+    main = importlib.import_module(module).main
+    saved_env, saved_signals = dict(os.environ), {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})})
+    AcceleratorState._reset_state(reset_partial_state=True)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+            except Exception:  # what the interpreter would print before exiting with 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(-1)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
 def launch(cmd, env=None, timeout=300):

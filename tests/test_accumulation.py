@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accumulation_check import CASES, differences, train
-from conftest import ROOT, finish, launch, run_module
+from conftest import ROOT, finish, launch, run_here
 from safetensors.torch import load_file
 
 from gan_dist.training.options import BatchSplit, parse_args, split_batch
@@ -93,8 +93,8 @@ def test_resume_with_accumulation_is_bit_exact(tmp_path, digits32):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     resume = ("--resume_from_checkpoint", "latest")
     for out, steps, extra in ((straight, 4, ()), (resumed, 2, ()), (resumed, 4, resume)):
-        r = run_module("gan_dist.train", *common, "--output_dir", out, "--max_train_steps", steps, *extra,
-                       env={"OMP_NUM_THREADS": "1"})
+        r = run_here("gan_dist.train", *common, "--output_dir", out, "--max_train_steps", steps, *extra,
+                     env={"OMP_NUM_THREADS": "1"})
         assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stdout and "at step 2" in r.stdout
     assert "batch 16 per process in 2 micro-batches of 8 (gradient accumulation), global 16" in r.stdout

@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from conftest import ROOT, run_module, train_rows
+from conftest import ROOT, run_here, train_rows
 
 from gan_dist.training.options import parse_args
 from gan_dist.training.presets import modern_values
@@ -10,12 +10,12 @@ from gan_dist.training.presets import modern_values
 
 def test_a_run_repeats_from_its_own_args_json(tmp_path, digits16):
     first = tmp_path / "first"
-    r = run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
-                   "--batch_size", 32, "--n_cpu", 0, "--output_dir", first, "--report_to", "none",
-                   "--max_train_steps", 4, "--log_steps", 2, "--lr", 0.0005, "--ema_kimg", 0)
+    r = run_here("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                 "--batch_size", 32, "--n_cpu", 0, "--output_dir", first, "--report_to", "none",
+                 "--max_train_steps", 4, "--log_steps", 2, "--lr", 0.0005, "--ema_kimg", 0)
     assert r.returncode == 0, r.stderr[-2000:]
     again = tmp_path / "again"
-    r = run_module("gan_dist.train", "--config", first / "args.json", "--output_dir", again)
+    r = run_here("gan_dist.train", "--config", first / "args.json", "--output_dir", again)
     assert r.returncode == 0, r.stderr[-2000:]
     recorded, repeated = (json.loads((d / "args.json").read_text()) for d in (first, again))
     assert {**recorded, "output_dir": None, "config": None} == {**repeated, "output_dir": None, "config": None}
@@ -55,12 +55,12 @@ def test_yaml_with_a_preset_fills_the_rest(tmp_path):
 def test_bad_config_files_are_refused_by_name(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    r = run_module("gan_dist.train", "--config", path)
+    r = run_here("gan_dist.train", "--config", path)
     assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
 def test_data_is_required_somewhere(tmp_path):
-    r = run_module("gan_dist.train", "--img_size", 32)
+    r = run_here("gan_dist.train", "--img_size", 32)
     assert r.returncode == 2 and "--data is required (on the command line or in --config)" in r.stderr
 
 

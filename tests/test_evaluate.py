@@ -6,7 +6,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from conftest import run_module
+from conftest import run_here
 from test_metrics import PoolFeatures
 
 from gan_dist.evaluation.evaluate import parse_args, run
@@ -19,9 +19,9 @@ from gan_dist.training.manifest import load_manifest
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, digits16):
     out = tmp_path_factory.mktemp("evaluate") / "run"
-    r = run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
-                   "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
-                   "--max_train_steps", 4, "--checkpointing_steps", 4, "--ema_kimg", 0.1)
+    r = run_here("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                 "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
+                 "--max_train_steps", 4, "--checkpointing_steps", 4, "--ema_kimg", 0.1)
     assert r.returncode == 0, r.stderr[-2000:]
     return out / "checkpoints" / "checkpoint-4"
 
@@ -67,24 +67,24 @@ def test_every_real_image_by_default_and_the_trained_G_on_request(checkpoint, di
 
 
 def test_without_inception_weights_it_says_how_to_get_them(checkpoint, digits16, tmp_path):
-    r = run_module("gan_dist.evaluate", "--checkpoint", checkpoint, "--data", digits16, "--cpu",
-                   "--out", tmp_path / "fid.json",
-                   env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth"), "XDG_CACHE_HOME": str(tmp_path)})
+    r = run_here("gan_dist.evaluate", "--checkpoint", checkpoint, "--data", digits16, "--cpu",
+                 "--out", tmp_path / "fid.json",
+                 env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth"), "XDG_CACHE_HOME": str(tmp_path)})
     assert r.returncode != 0 and r.stderr.startswith("error: ") and "absent.pth" in r.stderr
     assert not (tmp_path / "fid.json").exists()
 
 
 def test_bad_options_are_refused(digits16):
-    r = run_module("gan_dist.evaluate", "--checkpoint", "nowhere", "--data", digits16, "--num_gen", "1")
+    r = run_here("gan_dist.evaluate", "--checkpoint", "nowhere", "--data", digits16, "--num_gen", "1")
     assert r.returncode == 2 and "--num_gen must be >= 2" in r.stderr
-    r = run_module("gan_dist.evaluate", "--checkpoint", "nowhere", "--data", digits16, "--cpu")
+    r = run_here("gan_dist.evaluate", "--checkpoint", "nowhere", "--data", digits16, "--cpu")
     assert r.returncode == 1 and r.stderr.startswith("error: --checkpoint nowhere")  # before any Inception download
 
 
 def test_digit_score_needs_no_inception(checkpoint, digits16, tmp_path):
-    r = run_module("gan_dist.evaluate", "--checkpoint", checkpoint, "--data", digits16, "--cpu",
-                   "--metrics", "digits", "--num_gen", 500, "--out", tmp_path / "digits.json",
-                   env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
+    r = run_here("gan_dist.evaluate", "--checkpoint", checkpoint, "--data", digits16, "--cpu",
+                 "--metrics", "digits", "--num_gen", 500, "--out", tmp_path / "digits.json",
+                 env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads((tmp_path / "digits.json").read_text())
     digits = result["digits"]

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import call_main, run_module
+from conftest import call_main, run_here, run_module
 from PIL import Image
 
 pytest.importorskip("huggingface_hub", reason="the hf extra is not installed: pip install '.[hf]'")
@@ -26,9 +26,9 @@ def offline(monkeypatch):
 def run(digits16, tmp_path_factory):
     """A two-step CPU run on 16x16 digits with G_ema and a metrics row per step."""
     out = tmp_path_factory.mktemp("export") / "run"
-    r = run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
-                   "--batch_size", 32, "--n_cpu", 0, "--max_train_steps", 2, "--log_steps", 1, "--output_dir", out,
-                   "--report_to", "none")
+    r = run_here("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                 "--batch_size", 32, "--n_cpu", 0, "--max_train_steps", 2, "--log_steps", 1, "--output_dir", out,
+                 "--report_to", "none")
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -79,6 +79,7 @@ def test_hub_id_is_read_from_the_hub_cache_offline(exported, tmp_path):
     (repo / "refs" / "main").write_text(commit)
     env = {**OFFLINE, "HF_HUB_CACHE": str(tmp_path / "hub")}
     for name, spec in (("hub", "hf://tester/digits-gan"), ("plain", "tester/digits-gan"), ("local", exported)):
+        # a process of its own: huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE when imported
         r = run_module("gan_dist.sample", "--checkpoint", spec, "--n", 3, "--out_dir", tmp_path / name,
                        "--device", "cpu", env=env, timeout=120)
         assert r.returncode == 0, r.stderr
@@ -157,9 +158,9 @@ def test_untrusted_config_is_refused(exported, tmp_path, capsys, change, message
 def test_resnet_with_a_count_of_blocks_per_stage_exports_and_loads(digits32, tmp_path, capsys):
     """gan.json's per-stage `blocks` (a list, here with stages that only resample) passes config.json's checks."""
     out = tmp_path / "run"
-    r = run_module("gan_dist.train", "--cpu", "--data", digits32, "--img_size", 32, "--channels", 1,
-                   "--batch_size", 8, "--n_cpu", 0, "--max_train_steps", 1, "--output_dir", out, "--report_to", "none",
-                   "--preset", "modern", "--widths", "32,32,16,16", "--blocks", "1,1,0,0")
+    r = run_here("gan_dist.train", "--cpu", "--data", digits32, "--img_size", 32, "--channels", 1,
+                 "--batch_size", 8, "--n_cpu", 0, "--max_train_steps", 1, "--output_dir", out, "--report_to", "none",
+                 "--preset", "modern", "--widths", "32,32,16,16", "--blocks", "1,1,0,0")
     assert r.returncode == 0, r.stderr[-3000:]
     code, _, err = call_main(export_mod.main, capsys, "--checkpoint", out, "--out", tmp_path / "m", "--n_samples", 1)
     assert code == 0, err

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import call_main, run_module
+from conftest import call_main, run_here
 from hostile import GB, assert_one_error, run_measured
 from safetensors.torch import load_file, save_file
 
@@ -22,7 +22,7 @@ def train_args(data, out, *extra):
 def ema_run(tmp_path_factory, digits16):
     """A two-step run with G_ema (the modern preset's EMA on the MLP) and checkpoint-2."""
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    r = run_module("gan_dist.train", *train_args(digits16, out, "--max_train_steps", 2, "--ema_kimg", 1))
+    r = run_here("gan_dist.train", *train_args(digits16, out, "--max_train_steps", 2, "--ema_kimg", 1))
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 
@@ -66,8 +66,8 @@ def test_a_damaged_g_ema_on_resume_is_one_error(tmp_path, ema_run, digits16, dam
         first = next(iter(tensors))
         tensors[first] = torch.zeros(3, 3)
         save_file(tensors, ema)
-    r = run_module("gan_dist.train", *train_args(digits16, out, "--max_train_steps", 4, "--resume_from_checkpoint",
-                                                 "latest", "--ema_kimg", 1))
+    r = run_here("gan_dist.train", *train_args(digits16, out, "--max_train_steps", 4, "--resume_from_checkpoint",
+                                               "latest", "--ema_kimg", 1))
     assert_one_error(r, "G_ema.safetensors", code=1)
 
 

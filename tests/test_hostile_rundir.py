@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, call_main, launch, run_module
+from conftest import ROOT, call_main, launch, run_here
 from hostile import assert_one_error
 
 from gan_dist.dirlock import DirectoryLock
@@ -93,8 +93,8 @@ def test_a_full_disk_while_logging_a_row_or_a_grid_is_a_warning(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, digits16):
     out = tmp_path_factory.mktemp("rundir") / "run"
-    r = run_module("gan_dist.train", *train_args(digits16, out, "--max_train_steps", 2, "--log_steps", 1,
-                                                  "--sample_interval", 1))
+    r = run_here("gan_dist.train", *train_args(digits16, out, "--max_train_steps", 2, "--log_steps", 1,
+                                                "--sample_interval", 1))
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, make_damaged_shards, run_module
+from conftest import ROOT, make_damaged_shards, run_here
 from conftest import train_rows as rows
 
 from gan_dist.dirlock import DirectoryLock
@@ -22,7 +22,7 @@ def train(data, out, *extra, size=16):
 def finished_run(tmp_path_factory, digits16):
     """A two-step run on digits16 with checkpoint-2."""
     out = tmp_path_factory.mktemp("hostile") / "run"
-    r = run_module(*train(digits16, out, "--max_train_steps", 2))
+    r = run_here(*train(digits16, out, "--max_train_steps", 2))
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -31,11 +31,11 @@ def test_a_second_trainer_on_the_same_output_dir_is_refused_by_name(tmp_path, fi
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     with DirectoryLock(out, "gan_dist.train (pid 4242 on node7)"):  # the flock a running trainer holds
-        r = run_module(*train(digits16, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
+        r = run_here(*train(digits16, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
     assert r.returncode == 1 and "is in use by gan_dist.train (pid 4242 on node7)" in r.stderr, r.stderr[-2000:]
     assert not (out / "checkpoints" / "checkpoint-4").exists()
     (out / ".lock").write_text("gan_dist.train (pid 1, killed)\n")  # left by a killed run: nobody holds it
-    r = run_module(*train(digits16, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
+    r = run_here(*train(digits16, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "checkpoints" / "checkpoint-4").is_dir() and not (out / ".lock").exists()
 
@@ -60,7 +60,7 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, finished_run, digits
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     corrupt(out / "checkpoints" / "checkpoint-2" / name, how)
-    r = run_module(*train(digits16, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
+    r = run_here(*train(digits16, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr[-2000:]
     assert message in r.stderr and "Traceback" not in r.stderr and "weights_only=False" not in r.stderr
 
@@ -80,7 +80,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path
 
 def test_images_skipped_at_load_count_against_the_whole_dataset(tmp_path):
     data = make_damaged_shards(tmp_path / "faces", truncate=False)  # 1 corrupt PNG of 100
-    r = run_module(*train(data, tmp_path / "run", "--max_train_steps", 4, "--log_steps", 2,
+    r = run_here(*train(data, tmp_path / "run", "--max_train_steps", 4, "--log_steps", 2,
                           "--batch_size", 8, "--max_skip_fraction", 0.02, size=8))
     # 1 of 100 is 1%; against the 16 images of step 2 it would have been 6% and stopped the run
     assert r.returncode == 0, r.stderr[-2000:]
@@ -91,7 +91,7 @@ def test_a_batch_larger_than_the_dataset_is_an_error(tmp_path):
     from gan_dist.packing.shard import pack
     data = tmp_path / "tiny"
     pack("lfw-subset", data, size=8, channels=1)
-    r = run_module(*train(data, tmp_path / "run", "--batch_size", 500, size=8))
+    r = run_here(*train(data, tmp_path / "run", "--batch_size", 500, size=8))
     assert r.returncode == 1 and "holds 100 images, fewer than one global batch of 500" in r.stderr
 
 
@@ -101,7 +101,7 @@ def test_the_manifest_check_can_be_skipped(tmp_path, digits16):
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["shards"][0]["sha256"] = "0" * 64
     (data / "manifest.json").write_text(json.dumps(manifest))
-    r = run_module(*train(data, tmp_path / "a", "--max_train_steps", 1))
+    r = run_here(*train(data, tmp_path / "a", "--max_train_steps", 1))
     assert r.returncode == 1 and "train-000000.tar does not match its sha256" in r.stderr
-    r = run_module(*train(data, tmp_path / "b", "--max_train_steps", 1, "--skip_verify"))
+    r = run_here(*train(data, tmp_path / "b", "--max_train_steps", 1, "--skip_verify"))
     assert r.returncode == 0, r.stderr[-2000:]

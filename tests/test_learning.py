@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from conftest import run_module
+from conftest import run_here
 from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression
 
@@ -55,10 +55,9 @@ def classifier(digits16):
 def test_gan_learns_to_draw_every_digit(tmp_path, digits16, classifier):
     clf, real_score = classifier
     out = tmp_path / "run"
-    r = run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
-                   "--n_cpu", 1, "--max_train_steps", STEPS, "--checkpointing_steps", STEPS,
-                   "--sample_interval", STEPS, "--log_steps", 200, "--output_dir", out, "--report_to", "none",
-                   timeout=600)
+    r = run_here("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                 "--n_cpu", 1, "--max_train_steps", STEPS, "--checkpointing_steps", STEPS,
+                 "--sample_interval", STEPS, "--log_steps", 200, "--output_dir", out, "--report_to", "none")
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = GANConfig("mlp", latent_dim=100, img_size=16, channels=1)
     torch.manual_seed(0)  # the trainer's initial weights (seed 0)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_module
+from conftest import run_here
 from conftest import train_rows as rows
 from safetensors.torch import load_file
 from test_learning import digit_score
@@ -17,11 +17,9 @@ from gan_dist.training.presets import modern_values
 TINY = ("--widths", "32,32,16,8", "--group_size", "8", "--latent_dim", "32")
 
 
-def train(data, out, *extra, timeout=300):
-    # one thread: on a busy machine OpenMP threads that wait for each other slow the small convs 10-30x
-    return run_module("gan_dist.train", "--cpu", "--data", data, "--img_size", 32, "--channels", 1,
-                      "--batch_size", 16, "--n_cpu", 0, "--output_dir", out, "--report_to", "none", *extra,
-                      env={"OMP_NUM_THREADS": "1"}, timeout=timeout)
+def train(data, out, *extra):
+    return run_here("gan_dist.train", "--cpu", "--data", data, "--img_size", 32, "--channels", 1,
+                    "--batch_size", 16, "--n_cpu", 0, "--output_dir", out, "--report_to", "none", *extra)
 
 
 def test_default_flags_are_the_vanilla_recipe():
@@ -94,7 +92,7 @@ def test_modern_resume_with_mirror_and_lazy_penalties_is_bit_exact(tmp_path, dig
     assert meta["gan_config"]["pacgan"] == 2 and meta["gan_config"]["mbstd_group"] == 4
 
     grid = tmp_path / "grid.png"
-    r = run_module("gan_dist.sample", "--checkpoint", straight, "--n", 4, "--grid", grid)
+    r = run_here("gan_dist.sample", "--checkpoint", straight, "--n", 4, "--grid", grid)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "EMA weights" in r.stdout and grid.is_file()
 

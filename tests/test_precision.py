@@ -2,7 +2,7 @@
 import torch
 from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
-from conftest import run_module, train_rows
+from conftest import run_here, train_rows
 
 from gan_dist.networks.losses import d_loss
 from gan_dist.networks.models import GANConfig, build_models
@@ -60,9 +60,9 @@ def test_fp16_overflow_skips_the_update_and_backs_off_the_shared_scale():
 
 def test_bf16_trains_on_cpu(tmp_path, digits16):
     out = tmp_path / "run"
-    r = run_module("gan_dist.train", "--cpu", "--mixed_precision", "bf16", "--data", digits16, "--img_size", 16,
-                   "--channels", 1, "--batch_size", 32, "--n_cpu", 0, "--max_train_steps", 4, "--log_steps", 2,
-                   "--output_dir", out, "--report_to", "none")
+    r = run_here("gan_dist.train", "--cpu", "--mixed_precision", "bf16", "--data", digits16, "--img_size", 16,
+                 "--channels", 1, "--batch_size", 32, "--n_cpu", 0, "--max_train_steps", 4, "--log_steps", 2,
+                 "--output_dir", out, "--report_to", "none")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "mixed precision bf16" in r.stdout
     assert all(0 < row["D_real"] < 1 and row["step_skipped"] == 0 for row in train_rows(out))

@@ -2,17 +2,17 @@
 import contextlib
 import json
 
-from conftest import run_module
+from conftest import run_here
 
 from gan_dist.training.profiling import PHASES, StepProfiler
 
 
 def test_a_run_writes_a_trace_and_a_table_of_the_profiled_steps(tmp_path, digits16):
     out = tmp_path / "run"
-    r = run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
-                   "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
-                   "--max_train_steps", 7, "--log_steps", 7, "--checkpointing_steps", 7, "--sample_interval", 7,
-                   "--r1_gamma", 1, "--ema_kimg", 1, "--profile_steps", 3, "--profile_warmup", 2)
+    r = run_here("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                 "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
+                 "--max_train_steps", 7, "--log_steps", 7, "--checkpointing_steps", 7, "--sample_interval", 7,
+                 "--r1_gamma", 1, "--ema_kimg", 1, "--profile_steps", 3, "--profile_warmup", 2)
     assert r.returncode == 0, r.stderr
     trace = json.loads((out / "profile" / "trace.json").read_text())
     names = [e.get("name", "") for e in trace["traceEvents"]]

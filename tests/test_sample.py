@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import call_main, run_module
+from conftest import call_main, run_here
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -17,9 +17,9 @@ def checkpoint(tmp_path_factory):
     """checkpoint-2 of a two-step CPU training run on 16x16 greyscale digits, without G_ema."""
     root = tmp_path_factory.mktemp("sample")
     pack("digits", root / "digits", size=16, channels=1)
-    r = run_module("gan_dist.train", "--cpu", "--data", root / "digits", "--img_size", 16, "--channels", 1,
-                   "--batch_size", 32, "--n_cpu", 0, "--max_train_steps", 2, "--output_dir", root / "run",
-                   "--report_to", "none", "--ema_kimg", 0)
+    r = run_here("gan_dist.train", "--cpu", "--data", root / "digits", "--img_size", 16, "--channels", 1,
+                 "--batch_size", 32, "--n_cpu", 0, "--max_train_steps", 2, "--output_dir", root / "run",
+                 "--report_to", "none", "--ema_kimg", 0)
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "run" / "checkpoints" / "checkpoint-2"
 
@@ -40,8 +40,8 @@ def sample(capsys, *args):
 
 
 def test_grid_and_one_png_per_image(checkpoint, tmp_path):
-    r = run_module("gan_dist.sample", "--checkpoint", checkpoint, "--n", 10, "--grid", tmp_path / "grid.png",
-                   "--out_dir", tmp_path / "imgs", "--device", "cpu", timeout=120)
+    r = run_here("gan_dist.sample", "--checkpoint", checkpoint, "--n", 10, "--grid", tmp_path / "grid.png",
+                 "--out_dir", tmp_path / "imgs", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "the trained G (no EMA)" in r.stdout  # this checkpoint has no EMA weights: default falls back
     grid = Image.open(tmp_path / "grid.png")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 import torch
-from conftest import call_main, run_module
+from conftest import call_main, run_here, run_module
 from conftest import train_rows as rows
 from PIL import Image
 from safetensors.torch import load_file
@@ -13,8 +13,8 @@ from gan_dist.networks.models import GANConfig, build_models
 from gan_dist.train import main as train_main
 
 
-def train(data, out, *extra):
-    return run_module("gan_dist.train", "--cpu", "--data", data, "--img_size", 16, "--channels", 1,
+def train(data, out, *extra, run=run_here):
+    return run("gan_dist.train", "--cpu", "--data", data, "--img_size", 16, "--channels", 1,
                       "--batch_size", 32, "--n_cpu", 1, "--output_dir", out, "--report_to", "none", *extra)
 
 
@@ -149,8 +149,8 @@ def test_shards_from_a_url_template_decoded_on_the_device(tmp_path):
 def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):
     """G_ema is kept and saved, DiffAugment runs, colour drift is logged, FID/KID without weights is skipped."""
     def run(out, *extra, **kwargs):
-        return run_module("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
-                          "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
+        return run_here("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                        "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
                           "--log_steps", 1, *extra, **kwargs)
     out = tmp_path / "run"
     r = run(out, "--max_train_steps", 4, "--sample_interval", 2, "--eval_steps", 2,
@@ -176,7 +176,7 @@ def test_ema_diffaug_colour_and_offline_metrics_in_a_run(tmp_path, digits16):
     assert json.loads((ckpt / "gan.json").read_text())["weights"]["G_ema"] == "G_ema.safetensors"
     ema, g = load_file(ckpt / "G_ema.safetensors"), load_file(ckpt / "model.safetensors")
     assert ema.keys() == g.keys() and any(not (ema[k] == g[k]).all() for k in g)  # an average, not a copy
-    r = run_module("gan_dist.sample", "--checkpoint", ckpt, "--n", 9, "--grid", tmp_path / "grid.png")
+    r = run_here("gan_dist.sample", "--checkpoint", ckpt, "--n", 9, "--grid", tmp_path / "grid.png")
     assert r.returncode == 0, r.stderr[-2000:]
     assert Image.open(tmp_path / "grid.png").size == (3 * 18 + 2, 3 * 18 + 2)  # 3x3 images of 16 px, 2 px apart
 

@@ -1,4 +1,5 @@
 """Everything a training run needs before its first step, checked and built in one call: `setup(args) -> Run`."""
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class Run:
     fixed_c: Optional[torch.Tensor] = None  # --cond, main process: the grid's classes, one row per class
     colour_c: Optional[torch.Tensor] = None
     grid_columns: int = 5
+    dir_lock: Any = contextlib.nullcontext()  # the main process's DirectoryLock on output_dir
 
     def classes_as_data(self, n):
         """n class ids at the data's class frequencies (--cond), else None."""
@@ -164,7 +166,7 @@ def setup(args):
                        acc.num_processes)
     config = {**vars(args), "batch_split": batch.to_dict()}  # the split as run (--config ignores it)
     if acc.is_main_process:
-        DirectoryLock(output_dir, "gan_dist.train")  # one trainer per run directory, until this process exits
+        dir_lock = DirectoryLock(output_dir, "gan_dist.train")  # one trainer per run directory
         write_args(output_dir, config)
         remove_partials(output_dir)
 
@@ -225,6 +227,7 @@ def setup(args):
               init_trackers(acc, args.tracker_project_name, config, output_dir, meta.get("wandb_run_id")),
               ada=ada, class_counts=class_counts)
     if acc.is_main_process:
+        run.dir_lock = dir_lock
         noise = torch.Generator().manual_seed(args.seed)  # the same z for the whole run: progress is visible
         if classes:  # one row per class, the same z down each column
             fixed_c, run.grid_columns = grid_classes(len(classes), args.n_samples)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import call_main, run_module, run_torchrun
+from conftest import call_main, run_here, run_torchrun
 from conftest import train_rows as rows
 from PIL import Image
 
@@ -186,7 +186,7 @@ def test_a_conditional_run_resumes_exactly_and_refuses_to_resume_unconditional(c
     for name in ("model.safetensors", "model_1.safetensors", "G_ema.safetensors"):
         a, b = (load_file(d / "checkpoints" / "checkpoint-4" / name) for d in (out, resumed))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    r = run_module("gan_dist.train", *args)  # the same run without --cond
+    r = run_here("gan_dist.train", *args)  # the same run without --cond
     assert r.returncode != 0 and "/--cond or use a new --output_dir" in r.stderr
 
 

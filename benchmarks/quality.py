@@ -65,7 +65,7 @@ RECIPES = {  # the flags each recipe adds to the common ones
 DIGITS = [*MODERN, *GAMMA, "--mbstd_group", "0", "--gamma_end_ratio", "0.1", "--mapping_layers", "4"]
 DEFAULT_RECIPES = ["vanilla", "dcgan", "modern", "digits"]
 DIGIT_CASES = {"digits": DIGITS, "cond-digits": [*DIGITS, "--cond"]}  # on the ten plain digits (--digits_kimg)
-COND_TARGET = (0.97, 0.90)  # issue 30: read as the digit asked for, over all and for every digit
+COND_TARGET = (0.97, 0.90)  # the share read as the digit asked for: over all, and for every digit
 
 
 # ---- the runs

@@ -21,7 +21,8 @@ from pathlib import Path
 from benchmarks.step import _run, read_metrics
 from gan_dist.benchkit import machine_info, make_source_images, markdown_table, pack_sizes
 from gan_dist.names import cores
-from gan_dist.networks.sizes import SIZES, TABLE, network_figures
+from gan_dist.networks.figures import network_figures
+from gan_dist.networks.sizes import SIZES, TABLE
 from gan_dist.training.options import gan_config, parse_args
 
 SPEED_ROWS = {("small", 32), ("small", 64)}  # the rows timed on the CPU

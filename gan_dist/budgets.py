@@ -2,7 +2,7 @@
 
 Counts, dimensions, member sizes, parameter counts: a few bytes of a manifest, a config or a
 checkpoint can ask for terabytes. Each limit here sits far above what a real run needs; the
-packer imports this module too, so torch is only imported where networks are counted.
+packer imports this module too, so it imports no torch (networks are counted in networks/figures.py).
 """
 MAX_PACK_SIZE = 4096  # shard --size: a 4096^2 RGB image is 48 MiB before encoding
 IN_FLIGHT_BYTES = 128 << 20  # source bytes the packer holds per chunk of work
@@ -41,29 +41,6 @@ def class_names_problem(names):
 def archive_budget(archive_bytes):
     """Bytes the members of an archive of `archive_bytes` may inflate to, all together."""
     return ARCHIVE_RATIO * archive_bytes + ARCHIVE_SLACK
-
-
-def network_params(gan_config):
-    """(G's parameters, D's), counted on the meta device: nothing is allocated."""
-    import torch
-
-    from gan_dist.networks.models import build_models, count_params
-    with torch.device("meta"):
-        G, D = build_models(gan_config)
-    return count_params(G), count_params(D)
-
-
-def check_params(gan_config, limit=MAX_PARAMS, where="", both=False):
-    """Raise BudgetError if G (or, with `both`, G or D) would have more than `limit` parameters.
-    Returns (G's parameters, D's)."""
-    n_G, n_D = network_params(gan_config)
-    biggest = max(n_G, n_D) if both else n_G
-    if biggest > limit:
-        nets = f"G {n_G:,} and D {n_D:,} parameters" if both else f"G {n_G:,} parameters"
-        memory = f", about {BYTES_PER_PARAM * (n_G + n_D) / 1e9:,.0f} GB to train" if both else ""
-        raise BudgetError(f"{where}this network would have {nets}{memory}, above the budget of {limit:,} "
-                          "parameters per network; refusing to build it")
-    return n_G, n_D
 
 
 def check_sample_bytes(n_images, latent_dim, gan_config, what):

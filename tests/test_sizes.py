@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 from conftest import call_main
 
-from gan_dist.budgets import network_params
 from gan_dist.evaluation.sample import load_generator
+from gan_dist.networks.figures import describe, network_figures, network_params
 from gan_dist.networks.models import GANConfig, build_models, count_params
-from gan_dist.networks.sizes import SIZES, TABLE, describe, flops_per_image, network_figures
+from gan_dist.networks.sizes import SIZES, TABLE
 from gan_dist.train import main as train_main
 from gan_dist.training.options import gan_config, parse_args
 
@@ -141,7 +141,8 @@ def module_flops(model, x):
 def test_flops_per_image_counts_the_layers():
     cfg = GANConfig("resnet", latent_dim=32, img_size=32, channels=3, widths=(64, 64, 32, 16), group_size=8,
                     mbstd_group=4)
-    f_G, f_D = flops_per_image(cfg)
+    figures = network_figures(cfg)
+    f_G, f_D = figures["G_gflops"] * 1e9, figures["D_gflops"] * 1e9
     G, D = build_models(cfg)
     G.eval(), D.eval()
     g_layers, d_layers = module_flops(G, torch.zeros(1, 32)), module_flops(D, torch.zeros(1, 3, 32, 32))

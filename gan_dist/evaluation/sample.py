@@ -23,8 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torchvision.utils import make_grid
 
-from gan_dist.budgets import MAX_SEED, BudgetError, check_params, check_sample_bytes
+from gan_dist.budgets import MAX_SEED, BudgetError, check_sample_bytes
 from gan_dist.networks.conditioning import GRID_CLASSES, class_ids
+from gan_dist.networks.figures import check_params
 from gan_dist.networks.models import GANConfig, build_models, generate
 from gan_dist.training.checkpoint import META, WEIGHT_FILES, CheckpointError, list_checkpoints, read_meta
 from gan_dist.training.ema import EMA_FILE

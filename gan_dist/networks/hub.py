@@ -19,8 +19,9 @@ from huggingface_hub import PyTorchModelHubMixin, hf_hub_download, snapshot_down
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from gan_dist.budgets import BudgetError, check_params
+from gan_dist.budgets import BudgetError
 from gan_dist.networks.conditioning import class_ids
+from gan_dist.networks.figures import check_params
 from gan_dist.networks.models import GANConfig, build_models
 
 CONFIG = "config.json"

@@ -56,36 +56,3 @@ def net_size(size, img_size):
         raise ValueError(f"--size {size} is defined at --img_size {', '.join(map(str, TABLE[size]))}, "
                          f"not {img_size}")
     return TABLE[size][img_size]
-
-
-def flops_per_image(gan_config):
-    """(G's forward FLOPs for one image, D's), counted by torch's FlopCounterMode (convolutions and matrix
-    products; elementwise work is not counted) on the meta device, so nothing is computed or allocated."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from gan_dist.networks.models import build_models
-    with torch.device("meta"), torch.no_grad():
-        G, D = build_models(gan_config)
-        G.eval(), D.eval()  # BatchNorm on one image: its running statistics
-        z = torch.zeros(1, gan_config.latent_dim)
-        imgs = torch.zeros(gan_config.pacgan, gan_config.channels, gan_config.img_size, gan_config.img_size)
-        with FlopCounterMode(display=False) as g_count:
-            G(z)
-        with FlopCounterMode(display=False) as d_count:
-            D(imgs)  # a PacGAN group is one input of D
-    return g_count.get_total_flops(), d_count.get_total_flops() // gan_config.pacgan
-
-
-def network_figures(gan_config):
-    """G's and D's parameters and forward GFLOPs per image: {"G_params", "D_params", "G_gflops", "D_gflops"}."""
-    from gan_dist.budgets import network_params
-    n_G, n_D = network_params(gan_config)
-    f_G, f_D = flops_per_image(gan_config)
-    return {"G_params": n_G, "D_params": n_D, "G_gflops": f_G / 1e9, "D_gflops": f_D / 1e9}
-
-
-def describe(figures):
-    """The banner's line: 'G 0.15M parameters, 0.06 GFLOPs per image; D ...'."""
-    return "; ".join(f"{net} {figures[f'{net}_params'] / 1e6:.2f}M parameters, "
-                     f"{figures[f'{net}_gflops']:.3g} GFLOPs per image" for net in ("G", "D"))

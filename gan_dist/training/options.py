@@ -11,9 +11,10 @@ import math
 import os
 from typing import NamedTuple
 
-from gan_dist.budgets import BYTES_PER_PARAM, MAX_PARAMS, MAX_SEED, BudgetError, check_params
+from gan_dist.budgets import BYTES_PER_PARAM, MAX_PARAMS, MAX_SEED, BudgetError
 from gan_dist.networks.ada import DEFAULT_PIPE, PIPES
 from gan_dist.networks.augment import parse_policy
+from gan_dist.networks.figures import check_params
 from gan_dist.networks.losses import LOSSES
 from gan_dist.networks.models import ARCHS, GANConfig
 from gan_dist.networks.sizes import SIZES, TABLE

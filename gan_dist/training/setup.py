@@ -9,12 +9,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from gan_dist.budgets import BudgetError, check_params
+from gan_dist.budgets import BudgetError
 from gan_dist.dirlock import DirectoryLock
 from gan_dist.evaluation.colour import DriftTracker, colour_stats
 from gan_dist.networks.conditioning import classes_as_data, grid_classes, listed
+from gan_dist.networks.figures import check_params, describe, network_figures
 from gan_dist.networks.models import build_models
-from gan_dist.networks.sizes import describe, network_figures
 from gan_dist.training.augmentation import AdaptiveAugment, make_augment
 from gan_dist.training.checkpoint import load_checkpoint, read_meta, remove_partials, resolve_resume
 from gan_dist.training.data import check_images, first_batch, to_device_float

@@ -10,6 +10,7 @@
 accumulated before each step. The run directory (--output_dir) gets args.json, metrics.jsonl,
 samples/ and checkpoints/. `--cond` trains class-conditional nets on the pack's class labels.
 """
+import contextlib
 import sys
 import time
 
@@ -50,7 +51,7 @@ def batch_stream(data, start_step, max_train_steps, steps_per_epoch):
 
 def train(args):
     run = setup(args)
-    with run.dir_lock:  # held to the end; the kernel drops it if the process dies first
+    with contextlib.closing(run):  # signals and the run directory's lock given back at the end
         acc, progress, stats = run.accelerator, run.progress, IntervalStats(run.accelerator.device)
         interactive = sys.stderr.isatty()  # a live bar on a terminal, plain lines in log files
         bar = tqdm(total=run.max_train_steps, initial=progress.step, mininterval=1.0, dynamic_ncols=True,

@@ -1,5 +1,7 @@
 import json
 import shutil
+import signal
+import threading
 import time
 
 import pytest
@@ -9,8 +11,10 @@ from conftest import train_rows as rows
 from PIL import Image
 from safetensors.torch import load_file
 
+from gan_dist.dirlock import DirectoryLock
 from gan_dist.networks.models import GANConfig, build_models
 from gan_dist.train import main as train_main
+from gan_dist.training.preemption import WATCHDOG
 
 
 def train(data, out, *extra, run=run_here):
@@ -216,3 +220,21 @@ def test_training_and_evaluation_set_the_gpu_backends_and_the_flags_turn_them_of
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = before
+
+
+def test_a_run_in_this_process_gives_back_its_signals_and_its_lock(tmp_path, digits16, capsys, fresh_state):
+    """A notebook or a test that trains in its own process goes on afterwards with its own SIGTERM/SIGINT
+    handlers, no wakeup fd, no stop-signal watchdog (it could end the process), and the run directory free."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    out = tmp_path / "run"
+    code, _, err = call_main(train_main, capsys, "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1,
+                             "--batch_size", 32, "--n_cpu", 0, "--output_dir", out, "--report_to", "none",
+                             "--max_train_steps", 2)
+    assert code == 0, err
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert signal.set_wakeup_fd(-1) == -1
+    for thread in threading.enumerate():
+        if thread.name == WATCHDOG:
+            thread.join(timeout=5)  # it sees its socket closed within its 1 s poll
+            assert not thread.is_alive()
+    DirectoryLock(out, "a second trainer").release()  # not DirectoryBusy: the run let go of it

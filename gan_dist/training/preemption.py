@@ -21,6 +21,7 @@ import torch
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: "stopped on request", what schedulers expect; resume with 'latest'
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: a second Ctrl-C
 REPEAT_S = 2.0  # a SIGTERM this long after the first means "now"
+WATCHDOG = "gan_dist stop-signal watchdog"  # its thread's name
 
 
 class Preempted(Exception):
@@ -33,15 +34,14 @@ class StopSignal:
     def __init__(self, accelerator, check_every=10, grace_s=60.0):
         self.accelerator, self.check_every, self.grace_s = accelerator, check_every, grace_s
         self.received, self.stopping, self.last_poll = None, False, time.monotonic()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
         # The signal module writes each signal's number to this socket even while the main thread is
         # blocked in C (a collective, a read): the watchdog thread sees signals the handler cannot.
         receive, send = socket.socketpair()
         send.setblocking(False)
-        signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+        self._previous_fd = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
         self._sockets = (receive, send)
-        threading.Thread(target=self._watchdog, args=(receive,), daemon=True).start()
+        threading.Thread(target=self._watchdog, args=(receive,), name=WATCHDOG, daemon=True).start()
 
     def _handle(self, signum, frame):
         if self.received == "SIGINT" and signum == signal.SIGINT:
@@ -56,6 +56,8 @@ class StopSignal:
                 got = receive.recv(64)
             except TimeoutError:
                 got = b""
+            except OSError:  # closed: the run is over
+                return
             now = time.monotonic()
             # a SIGTERM that comes with the first (a scheduler signalling the group, and torchrun forwarding it)
             # is the same request; one that comes later is a second
@@ -65,6 +67,15 @@ class StopSignal:
                 first = now
             if first is not None and not self.stopping and time.monotonic() - max(first, self.last_poll) > self.grace_s:
                 exit_now(f"a stop signal, and no training step finished in the {self.grace_s:.0f} s after it")
+
+    def close(self):
+        """Give SIGTERM and SIGINT back to their handlers before and end the watchdog, so that a process that goes
+        on after training (a notebook, a test, a second run) is not stopped by a signal meant for this run."""
+        signal.set_wakeup_fd(self._previous_fd)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        for sock in self._sockets:
+            sock.close()
 
     def should_stop(self, step):
         """True on every rank at the same step once any rank has received a signal (a collective if multi-process)."""

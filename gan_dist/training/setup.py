@@ -1,5 +1,4 @@
 """Everything a training run needs before its first step, checked and built in one call: `setup(args) -> Run`."""
-import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +70,17 @@ class Run:
     fixed_c: Optional[torch.Tensor] = None  # --cond, main process: the grid's classes, one row per class
     colour_c: Optional[torch.Tensor] = None
     grid_columns: int = 5
-    dir_lock: Any = contextlib.nullcontext()  # the main process's DirectoryLock on output_dir
+    dir_lock: Optional[DirectoryLock] = None  # the main process's lock on output_dir
 
     def classes_as_data(self, n):
         """n class ids at the data's class frequencies (--cond), else None."""
         return classes_as_data(self.class_counts, n) if self.class_counts else None
+
+    def close(self):
+        """Give back what setup took in this process: SIGTERM/SIGINT and the run directory's lock."""
+        self.stopper.close()
+        if self.dir_lock is not None:
+            self.dir_lock.release()
 
     @property
     def global_batch(self):

@@ -241,14 +241,20 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    work = Path(args.work or tempfile.mkdtemp(prefix="gan-quality-"))
+def workspace(args, prefix):
+    """(work folder, --out's path, the config to record: the options but --work, and the global batch)."""
+    work = Path(args.work or tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if k not in ("work", "train_flags")}
-    config.update(global_batch=args.batch_size * args.nproc, recipe_flags={**RECIPES, **DIGIT_CASES})
+    return work, out, {**config, "global_batch": args.batch_size * args.nproc}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work, out, config = workspace(args, "gan-quality-")
+    config["recipe_flags"] = {**RECIPES, **DIGIT_CASES}
     previous = json.loads(out.read_text())["cases"] if args.reuse and out.is_file() else {}
     doc = {"machine": machine_info(), "config": config, "cases": {}}
 

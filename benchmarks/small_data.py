@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from benchmarks.quality import DIGITS, RECIPES, run, samples, train
+from benchmarks.quality import DIGITS, RECIPES, run, samples, train, workspace
 from gan_dist.benchkit import machine_info
 from gan_dist.evaluation.digits import CONFIDENT, digit_report, fit_judge
 from gan_dist.evaluation.sample import checkpoint_config
@@ -151,13 +150,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    work = Path(args.work or tempfile.mkdtemp(prefix="gan-small-data-"))
-    work.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    global_batch = args.batch_size * args.nproc
-    config = {k: v for k, v in vars(args).items() if k not in ("work", "train_flags")}
-    config.update(global_batch=global_batch, recipe_flags=RECIPE_FLAGS[args.recipe], case_flags=CASES)
+    work, out, config = workspace(args, "gan-small-data-")
+    global_batch = config["global_batch"]
+    config.update(recipe_flags=RECIPE_FLAGS[args.recipe], case_flags=CASES)
     doc = {"machine": machine_info(), "config": config, "cases": {}}
 
     def save():  # after every case: a cut-short run keeps its figures

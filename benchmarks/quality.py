@@ -251,18 +251,23 @@ def workspace(args, prefix):
     return work, out, {**config, "global_batch": args.batch_size * args.nproc}
 
 
+def new_doc(config, seed):
+    """(the results document: machine, config and the digit judge, the judge's classifier)."""
+    clf, accuracy, n_held = fit_judge(seed)
+    judge = {"classifier": "SVC(C=10, probability=True) on 1,500 real digits", "held_out_accuracy": accuracy,
+             "held_out": n_held, "confident_at": CONFIDENT}
+    return {"machine": machine_info(), "config": config, "cases": {}, "judge": judge}, clf
+
+
 def main(argv=None):
     args = parse_args(argv)
     work, out, config = workspace(args, "gan-quality-")
     config["recipe_flags"] = {**RECIPES, **DIGIT_CASES}
     previous = json.loads(out.read_text())["cases"] if args.reuse and out.is_file() else {}
-    doc = {"machine": machine_info(), "config": config, "cases": {}}
+    doc, clf = new_doc(config, args.seed)
 
     def save():  # after every case: a cut-short run keeps its figures
         out.write_text(json.dumps(doc, indent=2) + "\n")
-    clf, accuracy, n_held = fit_judge(args.seed)
-    doc["judge"] = {"classifier": "SVC(C=10, probability=True) on 1,500 real digits", "held_out_accuracy": accuracy,
-                    "held_out": n_held, "confident_at": CONFIDENT}
     stacked = [r for r in args.recipes if r in RECIPES]
     grids = []
     if stacked:

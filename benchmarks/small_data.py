@@ -27,9 +27,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from benchmarks.quality import DIGITS, RECIPES, run, samples, train, workspace
-from gan_dist.benchkit import machine_info
-from gan_dist.evaluation.digits import CONFIDENT, digit_report, fit_judge
+from benchmarks.quality import DIGITS, RECIPES, new_doc, run, samples, train, workspace
+from gan_dist.evaluation.digits import CONFIDENT, digit_report
 from gan_dist.evaluation.sample import checkpoint_config
 from gan_dist.networks.models import build_models
 from gan_dist.training.checkpoint import WEIGHT_FILES, list_checkpoints
@@ -153,13 +152,10 @@ def main(argv=None):
     work, out, config = workspace(args, "gan-small-data-")
     global_batch = config["global_batch"]
     config.update(recipe_flags=RECIPE_FLAGS[args.recipe], case_flags=CASES)
-    doc = {"machine": machine_info(), "config": config, "cases": {}}
+    doc, clf = new_doc(config, args.seed)
 
     def save():  # after every case: a cut-short run keeps its figures
         out.write_text(json.dumps(doc, indent=2) + "\n")
-    clf, accuracy, n_held = fit_judge(args.seed)
-    doc["judge"] = {"classifier": "SVC(C=10, probability=True) on 1,500 real digits", "held_out_accuracy": accuracy,
-                    "held_out": n_held, "confident_at": CONFIDENT}
     train_idx, held_idx = split_digits(args.train_images, args.seed)
     training = pack_digits(train_idx, work / "train32", work / "pack-train.log")
     held_out = pack_digits(held_idx, work / "held-out32", work / "pack-held-out.log")

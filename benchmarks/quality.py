@@ -196,6 +196,9 @@ def markdown(doc):
                       "| read as requested | " + " | ".join(f"{v:.1%}" for v in c["per_digit"].values())
                       + f" | {c['read_as_requested']:.1%} |",
                       "| samples | " + " | ".join(map(str, c["samples_per_digit"].values())) + f" | {c['samples']} |"]
+            if "spread_vs_real" in c:  # one image per digit reads perfectly: how varied each digit's samples are
+                lines.append("| spread / real digits' | " + " | ".join(f"{v:.2f}" for v in c["spread_vs_real"].values())
+                             + f" | lowest {c['lowest_spread']:.2f} |")
     return "\n".join(lines)
 
 

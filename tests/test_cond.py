@@ -317,6 +317,11 @@ def test_digit_judge_reads_real_digits_as_their_own_class_and_not_as_another():
     blends, first = (images + images.roll(1, 0)) / 2, digits.target[-200:]
     guessed = (clf.predict(channel_features(blends)) == first).mean()
     assert requested_report(clf, blends, first)["read_as_requested"] < guessed / 2
+    # one image per digit reads perfectly but has no spread; real digits spread about as the real digits do
+    one_each = images[[int(np.flatnonzero(digits.target[-200:] == d)[0]) for d in digits.target[-200:]]]
+    collapsed = requested_report(clf, one_each, digits.target[-200:])
+    assert collapsed["read_as_requested"] > 0.8 and collapsed["lowest_spread"] == 0
+    assert 0.6 < right["lowest_spread"] and max(right["spread_vs_real"].values()) < 1.5
 
 
 def test_unconditional_configs_and_weights_keep_their_old_form():

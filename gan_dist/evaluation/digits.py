@@ -26,23 +26,33 @@ def channel_features(images):
     return F.adaptive_avg_pool2d(x, 8).flatten(1).numpy()
 
 
-def fit_judge(seed=0):
-    """An SVM on real digits taken through the packer's path (8x8 -> 32x32 bicubic -> 8x8);
-    returns (classifier, held-out accuracy, held-out count)."""
+def real_digits():
+    """The real digits taken through the packer's path (8x8 -> 32x32 bicubic -> 8x8): (features (N, 64), digits)."""
     from sklearn.datasets import load_digits
-    from sklearn.svm import SVC
     digits = load_digits()
     up = np.stack([np.asarray(Image.fromarray(img).resize((32, 32), Image.Resampling.BICUBIC))
                    for img in np.round(digits.images * (255 / 16)).astype(np.uint8)])
-    x = channel_features(torch.from_numpy(up)[:, None].float() / 127.5 - 1)
+    return channel_features(torch.from_numpy(up)[:, None].float() / 127.5 - 1), digits.target
+
+
+def spread(features, labels):
+    """{digit: the root-mean-square distance of its images' features from their mean}: how varied a class is."""
+    return {int(d): float(np.sqrt(((f - f.mean(0)) ** 2).sum(1).mean()))
+            for d in np.unique(labels) for f in [features[labels == d]]}
+
+
+def fit_judge(seed=0):
+    """An SVM on the real digits (real_digits); returns (classifier, held-out accuracy, held-out count)."""
+    from sklearn.svm import SVC
+    x, target = real_digits()
     order = np.random.default_rng(seed).permutation(len(x))
     train, held_out = order[:1500], order[1500:]
     with warnings.catch_warnings():
         # Platt scaling (probability=True) is deprecated for CalibratedClassifierCV, but that one gives
         # confident probabilities to noise far from every digit (half of an untrained G's samples)
         warnings.simplefilter("ignore", FutureWarning)
-        clf = SVC(C=10, probability=True, random_state=seed).fit(x[train], digits.target[train])
-    return clf, float(clf.score(x[held_out], digits.target[held_out])), len(held_out)
+        clf = SVC(C=10, probability=True, random_state=seed).fit(x[train], target[train])
+    return clf, float(clf.score(x[held_out], target[held_out])), len(held_out)
 
 
 def mode_report(clf, images):
@@ -106,11 +116,16 @@ def digit_report(clf, images):
 def requested_report(clf, images, requested):
     """One-channel digits (N, 1, H, W) drawn for the digits `requested` (N,): the share the judge reads as the
     requested digit with probability >= CONFIDENT, over all and per requested digit ({digit: share}), with the
-    lowest per-digit share and the samples per digit."""
+    lowest per-digit share and the samples per digit. A G that draws one image per digit reads perfectly, so
+    each digit's spread (see `spread`) is also given as a share of the real digits' spread of that digit."""
     requested = np.asarray(requested)
-    probs = clf.predict_proba(channel_features(images))
+    x = channel_features(images)
+    probs = clf.predict_proba(x)
     hit = (probs.argmax(1) == requested) & (probs.max(1) >= CONFIDENT)
     per_digit = {int(d): float(hit[requested == d].mean()) for d in np.unique(requested)}
+    real = spread(*real_digits())
+    spread_vs_real = {d: s / real[d] for d, s in spread(x, requested).items()}
     return {"read_as_requested": float(hit.mean()), "per_digit": per_digit, "lowest": min(per_digit.values()),
+            "spread_vs_real": spread_vs_real, "lowest_spread": min(spread_vs_real.values()),
             "samples_per_digit": {int(d): int((requested == d).sum()) for d in np.unique(requested)},
             "samples": len(images)}

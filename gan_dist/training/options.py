@@ -18,6 +18,7 @@ from gan_dist.networks.figures import check_params
 from gan_dist.networks.losses import LOSSES
 from gan_dist.networks.models import ARCHS, GANConfig
 from gan_dist.networks.sizes import SIZES, TABLE
+from gan_dist.training.augmentation import resolve_aug
 from gan_dist.training.config_file import apply_config
 from gan_dist.training.ddp import COMM_HOOKS
 from gan_dist.training.presets import GAMMA_FOR_RES, MODERN, modern_values, resolve_size
@@ -84,37 +85,6 @@ def resolve_preset(args):
     args.betas_g = [args.b1, args.b2] if args.betas_g is None else args.betas_g
     args.betas_d = [args.b1, args.b2] if args.betas_d is None else args.betas_d
     return args
-
-
-ADA_DEFAULTS = {"aug_pipe": DEFAULT_PIPE, "aug_target": 0.6, "aug_interval": 4, "aug_kimg": 500.0}  # StyleGAN2-ADA's
-
-
-def resolve_aug(parser, args):
-    """--aug from --diffaug when left out; ADA's options filled, checked, and refused without --aug ada."""
-    if args.aug is None:
-        args.aug = "diffaug" if args.diffaug else "none"
-    if args.diffaug and args.aug != "diffaug":
-        parser.error(f"--diffaug {args.diffaug} is DiffAugment's policy, and --aug {args.aug} does not use it; "
-                     "pass --aug diffaug or drop --diffaug")
-    given = [name for name in ("aug_pipe", "aug_p", "aug_target", "aug_interval", "aug_kimg")
-             if getattr(args, name) is not None]
-    if args.aug != "ada":
-        if given:
-            parser.error(f"--{given[0]} is an option of --aug ada, not --aug {args.aug}; pass --aug ada or drop it")
-        return
-    if args.aug_p is not None and args.aug_target is not None:
-        parser.error("--aug_p fixes p and --aug_target adapts it; give one of the two")
-    for name, value in ADA_DEFAULTS.items():
-        if getattr(args, name) is None and not (name == "aug_target" and args.aug_p is not None):
-            setattr(args, name, value)
-    if args.aug_p is not None and not 0 <= args.aug_p <= 1:
-        parser.error(f"--aug_p must be in [0, 1], got {args.aug_p}")
-    if args.aug_target is not None and not 0 <= args.aug_target <= 1:
-        parser.error(f"--aug_target must be in [0, 1] (a mean of signs that D gets right), got {args.aug_target}")
-    if args.aug_interval < 1:
-        parser.error(f"--aug_interval must be >= 1, got {args.aug_interval}")
-    if not 0 < args.aug_kimg < math.inf:
-        parser.error(f"--aug_kimg must be > 0 and finite, got {args.aug_kimg}")
 
 
 class BatchSplit(NamedTuple):

@@ -93,13 +93,18 @@ def test_stacked_source_labels_are_the_three_digits():
     assert item.label == 100 * r + 10 * g + b
 
 
+def quality_bench(tmp_path, out, *args):
+    """`python -m benchmarks quality` on one process at a tiny size, working in tmp_path/work; must succeed."""
+    r = run_module("benchmarks", "quality", "--nproc", 1, "--out", out, "--work", tmp_path / "work", *args,
+                   env={"OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 @pytest.mark.benchmarks
 def test_quality_bench_end_to_end_tiny(tmp_path, judge):
     out = tmp_path / "q.json"
-    r = run_module("benchmarks", "quality", "--recipes", "vanilla", "--kimg", 0.064, "--nproc", 1,
-                   "--samples", 200, "--out", out, "--work", tmp_path / "work", env={"OMP_NUM_THREADS": "1"},
-                   timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = quality_bench(tmp_path, out, "--recipes", "vanilla", "--kimg", 0.064, "--samples", 200)
     doc = json.loads(out.read_text())
     case = doc["cases"]["vanilla"]
     assert case["steps"] == 2 and case["images"] == 64 and case["samples"] == 200
@@ -112,10 +117,7 @@ def test_quality_bench_end_to_end_tiny(tmp_path, judge):
     assert Image.open(out.with_suffix(".png")).size[0] > 0
     assert "| vanilla |" in r.stdout and "floor" in r.stdout and "training set's mode histogram" in r.stdout
     # --reuse judges the finished run again without training it again
-    r = run_module("benchmarks", "quality", "--recipes", "vanilla", "--kimg", 0.064, "--nproc", 1,
-                   "--samples", 100, "--out", out, "--work", tmp_path / "work", "--reuse",
-                   env={"OMP_NUM_THREADS": "1"}, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    quality_bench(tmp_path, out, "--recipes", "vanilla", "--kimg", 0.064, "--samples", 100, "--reuse")
     again = json.loads(out.read_text())["cases"]["vanilla"]
     assert again["training_reused"] and again["train_seconds"] == case["train_seconds"] and again["samples"] == 100
 
@@ -125,10 +127,7 @@ def test_conditional_digits_bench_end_to_end_tiny(tmp_path, judge):
     from benchmarks.quality import class_samples
     from gan_dist.evaluation.digits import requested_report
     out = tmp_path / "c.json"
-    r = run_module("benchmarks", "quality", "--recipes", "cond-digits", "--digits_kimg", 0.064, "--nproc", 1,
-                   "--samples", 100, "--out", out, "--work", tmp_path / "work", env={"OMP_NUM_THREADS": "1"},
-                   timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = quality_bench(tmp_path, out, "--recipes", "cond-digits", "--digits_kimg", 0.064, "--samples", 100)
     case = json.loads(out.read_text())["cases"]["cond-digits"]
     assert case["steps"] == 2 and "--cond" in case["flags"] and case["samples"] == 100
     # the figures are the judge's reading of 10 G_ema samples per digit (seed + 1, as the bench draws them)

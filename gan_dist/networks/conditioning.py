@@ -23,14 +23,20 @@ class ClassEmbedding(nn.Module):
         return self.weight[c]
 
 
+def _takes_classes(c, conditional, net, per):
+    """Whether the call passes class ids `c`, refusing ids to an unconditional net and their absence to a
+    conditional one."""
+    if conditional and c is None:
+        raise ValueError(f"this {net} is class-conditional: pass a class id per {per}")
+    if not conditional and c is not None:
+        raise ValueError(f"this {net} is unconditional: it takes no class ids")
+    return conditional
+
+
 def with_classes(z, c, embed):
     """G's input: z alone for an unconditional G (`embed` None), else z and the classes' embedding side by side."""
-    if embed is None:
-        if c is not None:
-            raise ValueError("this generator is unconditional: it takes no class ids")
+    if not _takes_classes(c, embed is not None, "generator", "latent"):
         return z
-    if c is None:
-        raise ValueError("this generator is class-conditional: pass a class id per latent")
     return torch.cat([z, embed(c).to(z.dtype)], 1)
 
 
@@ -48,12 +54,8 @@ class Projection(nn.Module):
 
 def projected(logit, h, c, projection):
     """D's logit psi(h), plus <embed(y), h> when D is conditional."""
-    if projection is None:
-        if c is not None:
-            raise ValueError("this discriminator is unconditional: it takes no class ids")
+    if not _takes_classes(c, projection is not None, "discriminator", "image"):
         return logit
-    if c is None:
-        raise ValueError("this discriminator is class-conditional: pass a class id per image")
     return logit + projection(h, c)
 
 

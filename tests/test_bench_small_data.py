@@ -19,16 +19,20 @@ def test_the_split_is_disjoint_complete_and_seeded():
     assert not np.array_equal(train, split_digits(500, seed=1)[0])
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--steps", "0"], "--steps must be >= 1, got 0"),
-    (["--checkpoints", "0"], "--checkpoints must be >= 1"),
-    (["--train_images", "1790"], "--train_images must be from 1 to 1697"),
-    (["--cases", "cutout"], "invalid choice: 'cutout'"),
-    (["--recipe", "big"], "invalid choice: 'big'"),
-    (["--flags", "adaa=--aug_target 0.5"], "expected CASE=FLAGS with CASE one of none, diffaug, ada")])
-def test_bad_options_are_refused_by_name(capsys, argv, message):
+REFUSED = {  # option and value: what the error says
+    ("--steps", "0"): "--steps must be >= 1, got 0",
+    ("--checkpoints", "0"): "--checkpoints must be >= 1",
+    ("--train_images", "1790"): "--train_images must be from 1 to 1697",
+    ("--cases", "cutout"): "invalid choice: 'cutout'",
+    ("--recipe", "big"): "invalid choice: 'big'",
+    ("--flags", "adaa=--aug_target 0.5"): "expected CASE=FLAGS with CASE one of none, diffaug, ada"}
+
+
+@pytest.mark.parametrize("argv", REFUSED)
+def test_bad_options_are_refused_by_name(capsys, argv):
+    message = REFUSED[argv]
     with pytest.raises(SystemExit) as e:
-        parse_args(argv)
+        parse_args(list(argv))
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 

@@ -301,6 +301,23 @@ def test_evaluate_per_class_and_refusals_by_name(cond_run, toy3, tmp_path, fresh
             accelerator, None)
 
 
+def test_evaluate_reads_a_conditional_digit_generator_per_digit_with_its_spread(digits16, tmp_path):
+    out = tmp_path / "run"
+    r = run_here("gan_dist.train", "--cpu", "--data", digits16, "--img_size", 16, "--channels", 1, "--cond",
+                 "--batch_size", 16, "--n_cpu", 0, "--max_train_steps", 2, "--checkpointing_steps", 2,
+                 "--sample_interval", 2, "--output_dir", out, "--report_to", "none")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_here("gan_dist.evaluate", "--checkpoint", out, "--data", digits16, "--cpu", "--metrics", "digits",
+                 "--num_gen", 200, "--out", tmp_path / "digits.json",
+                 env={"GAN_DIST_INCEPTION_WEIGHTS": str(tmp_path / "absent.pth")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    digits = json.loads((tmp_path / "digits.json").read_text())["digits"]
+    assert set(digits["per_class"]) == set(digits["spread_vs_real"]) == {str(d) for d in range(10)}
+    assert digits["lowest"] == min(digits["per_class"].values())
+    assert digits["lowest_spread"] == min(digits["spread_vs_real"].values())
+    assert digits["lowest_spread"] > 0  # each digit's samples come from different latents
+
+
 def test_digit_judge_reads_real_digits_as_their_own_class_and_not_as_another():
     from sklearn.datasets import load_digits
 

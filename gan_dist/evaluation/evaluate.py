@@ -91,7 +91,9 @@ def run(args, accelerator, extractor):
             report = requested_report(clf, images, asked[gen_c.numpy()])
             result["digits"].update(read_as_requested=report["read_as_requested"],
                                     per_class={str(d): v for d, v in report["per_digit"].items()},
-                                    lowest=report["lowest"])
+                                    lowest=report["lowest"],
+                                    spread_vs_real={str(d): v for d, v in report["spread_vs_real"].items()},
+                                    lowest_spread=report["lowest_spread"])
     if extractor is not None:
         result.update(fid_kid(args, accelerator, extractor, G, cfg, num_gen, gen_c))
     return result

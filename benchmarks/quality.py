@@ -16,10 +16,9 @@ channels read with probability >= 0.8 (ambiguous digits raise the KL too). The s
 judge on 26,000 real stacked images gives the floor a generator of the true distribution would
 reach with this many samples; 26,000 draws from the judge's mode histogram of the 30,000
 training images give what a generator that copies the training set's own (uneven) histogram
-would reach. The `digits` case trains the modern recipe, with a mapping MLP on z
-(--mapping_layers 4), on the ten plain digits and reports the share of G_ema samples the
-classifier reads with probability >= 0.8 (and a grid of them beside --picture, `-digits.png`). The
-`cond-digits` case (only when named) trains the same recipe class-conditionally (--cond) on the ten
+would reach. The `digits` case trains the same modern recipe on the ten plain digits and reports the
+share of G_ema samples the classifier reads with probability >= 0.8 (and a grid of them beside --picture,
+`-digits.png`). The `cond-digits` case (only when named) trains the same recipe class-conditionally (--cond) on the ten
 digits and reports, per digit and over all, the share of G_ema samples drawn for that digit that the
 classifier reads as it with probability >= 0.8 (a grid with a row per digit beside --picture, `-cond.png`).
 Results go to --out (JSON, written after each case), a Markdown table and one PNG of the
@@ -59,12 +58,9 @@ RECIPES = {  # the flags each recipe adds to the common ones
     # the modern preset's loss, penalties, optimizer and schedules on the DCGAN nets (only when named)
     "modern-dcgan": ["--preset", "modern", "--arch", "dcgan", *GAMMA],
 }
-# the ten plain digits: the small recipe as it was measured before stacked digits tuned it (R1/R2 0.5 falling to a
-# tenth, no minibatch std), with a 4-layer MLP on z, which draws fewer digits halfway between two (on stacked digits
-# it covered fewer modes, so the modern recipe goes without)
-DIGITS = [*MODERN, *GAMMA, "--mbstd_group", "0", "--gamma_end_ratio", "0.1", "--mapping_layers", "4"]
 DEFAULT_RECIPES = ["vanilla", "dcgan", "modern", "digits"]
-DIGIT_CASES = {"digits": DIGITS, "cond-digits": [*DIGITS, "--cond"]}  # on the ten plain digits (--digits_kimg)
+# the ten plain digits, 1 channel (--digits_kimg): the same modern recipe, unconditional and with --cond
+DIGIT_CASES = {"digits": MODERN, "cond-digits": [*MODERN, "--cond"]}
 COND_TARGET = (0.97, 0.90)  # the share read as the digit asked for: over all, and for every digit
 
 
@@ -205,7 +201,7 @@ def markdown(doc):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks quality", description=__doc__.split("\n")[0])
     p.add_argument("--recipes", nargs="+", choices=[*RECIPES, *DIGIT_CASES], default=DEFAULT_RECIPES,
-                   help="digits: the modern recipe with --mapping_layers 4 on the ten plain digits "
+                   help="digits: the modern recipe on the ten plain digits "
                         "(confidently classified share); cond-digits: the same with --cond (the share read as the "
                         "digit asked for, per digit)")
     p.add_argument("--kimg", type=float, default=480,
@@ -284,7 +280,7 @@ def main(argv=None):
         print(f"quality: {name}, {kimg} kimg", file=sys.stderr, flush=True)
         if name == "digits":
             digits = pack("digits", work / "digits32", 1, work / "pack-digits.log")
-            trained = train(args, name, DIGITS, digits, 1, work / name, kimg, previous.get(name))
+            trained = train(args, name, DIGIT_CASES[name], digits, 1, work / name, kimg, previous.get(name))
             judged = confident_share(clf, samples(work / name, args.samples, args.seed + 1))
             real_digits = load_into_memory(load_manifest(str(digits))[1])[0].float() / 127.5 - 1
             judged["real_confident"] = confident_share(clf, real_digits)["confident"]  # the floor

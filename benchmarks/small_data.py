@@ -6,7 +6,7 @@
 scikit-learn's 1,797 digits are split at random (--seed): --train_images of them (500) are packed
 with `gan_dist.shard folder` at 32x32 and trained on; the others are packed the same way and kept
 aside. Each case (--cases: none, diffaug, ada) trains the same recipe (--recipe, one of
-`benchmarks quality`'s; default its `digits` one, the modern recipe) for the same --steps through
+`benchmarks quality`'s; default the modern one) for the same --steps through
 the public CLI (torchrun, --nproc CPU processes). At each of its --checkpoints checkpoints the
 run's D reads every training and every held-out image, unaugmented: the overfitting gap is the
 mean D output on the training reals minus the mean on the held-out ones (D's outputs are logits;
@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from benchmarks.quality import DIGITS, RECIPES, new_doc, run, samples, train, workspace
+from benchmarks.quality import RECIPES, new_doc, run, samples, train, workspace
 from gan_dist.evaluation.digits import CONFIDENT, digit_report
 from gan_dist.evaluation.sample import checkpoint_config
 from gan_dist.networks.models import build_models
@@ -38,7 +38,6 @@ from gan_dist.training.manifest import load_manifest
 # the flags each case adds to the recipe's: ADA's p may cross [0, 1] in 20 kimg (StyleGAN2-ADA's 500 is for
 # runs of thousands of kimg; a bench of a few hundred would leave p near 0)
 CASES = {"none": ["--aug", "none"], "diffaug": ["--aug", "diffaug"], "ada": ["--aug", "ada", "--aug_kimg", "20"]}
-RECIPE_FLAGS = {**RECIPES, "digits": DIGITS}
 
 
 def split_digits(train_images, seed):
@@ -119,8 +118,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks small-data", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps each case trains for (the budget)")
     p.add_argument("--cases", nargs="+", choices=tuple(CASES), default=list(CASES), help="the --aug values to run")
-    p.add_argument("--recipe", choices=tuple(RECIPE_FLAGS), default="digits",
-                   help="the recipe of `benchmarks quality` to train (digits: the modern one it trains on digits)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="modern", help="the recipe of `benchmarks quality`")
     p.add_argument("--train_images", type=int, default=500, help="digits trained on; the other digits are held out")
     p.add_argument("--checkpoints", type=int, default=10, help="checkpoints per run, where the gap is measured")
     p.add_argument("--nproc", type=int, default=2, help="training processes (torchrun, gloo on the CPU)")
@@ -151,7 +149,7 @@ def main(argv=None):
     args = parse_args(argv)
     work, out, config = workspace(args, "gan-small-data-")
     global_batch = config["global_batch"]
-    config.update(recipe_flags=RECIPE_FLAGS[args.recipe], case_flags=CASES)
+    config.update(recipe_flags=RECIPES[args.recipe], case_flags=CASES)
     doc, clf = new_doc(config, args.seed)
 
     def save():  # after every case: a cut-short run keeps its figures
@@ -165,7 +163,7 @@ def main(argv=None):
     every = max(1, args.steps // args.checkpoints)
     for name in args.cases:
         print(f"small-data: --aug {name}, {args.steps} steps", file=sys.stderr, flush=True)
-        flags = [*RECIPE_FLAGS[args.recipe], *CASES[name], "--checkpointing_steps", every]
+        flags = [*RECIPES[args.recipe], *CASES[name], "--checkpointing_steps", every]
         trained = train(args, name, [str(f) for f in flags], work / "train32", 1, work / name,
                         args.steps * global_batch / 1000)
         gaps = gap_over_time(work / name, training, held_out, global_batch)

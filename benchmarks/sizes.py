@@ -8,16 +8,21 @@ on 1 process and on 2 gloo processes). GPU columns stay empty: they are filled f
 Peak memory is the largest resident set (ru_maxrss) of a fresh `gan_dist.train` process that trains --mem_steps
 steps at --mem_batch images (the first step penalises with R1 and R2): the networks, Adam's moments, the
 activations kept for the backward passes and Python's own. Rows whose size is not in --mem_sizes are left empty
-(large's steps take many minutes each on a CPU).
+(large's steps take many minutes each on a CPU). A run the kernel kills (out of this machine's memory) is recorded
+as `out_of_memory`, and that size's larger images are not run.
 """
 import argparse
 import json
 import math
+import os
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import ROOT
 from benchmarks.step import _run, read_metrics
 from gan_dist.benchkit import machine_info, make_source_images, markdown_table, pack_sizes
 from gan_dist.names import cores
@@ -26,6 +31,7 @@ from gan_dist.networks.sizes import SIZES, TABLE
 from gan_dist.training.options import gan_config, parse_args
 
 SPEED_ROWS = {("small", 32), ("small", 64)}  # the rows timed on the CPU
+MACHINE_MIB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 if hasattr(os, "sysconf") else 0
 COLUMNS = ["size", ">px", ">G params (M)", ">D params (M)", ">G GFLOPs/img", ">D GFLOPs/img", ">peak CPU MiB",
            ">CPU img/s, 1 process", ">CPU img/s, 2 gloo", ">GPU img/s", ">GPU peak GiB"]
 
@@ -51,10 +57,18 @@ def speed(size, img_size, shards, work, steps, warmup, batch, nproc):
 
 
 def peak_memory(size, img_size, shards, work, steps, batch):
-    """MiB: the peak resident set of a fresh training process (this module's `peak` command runs it)."""
+    """MiB: the peak resident set of a fresh training process (this module's `peak` command runs it), or None when
+    the kernel killed it (SIGKILL: out of this machine's memory)."""
     out = work / f"mem-{size}-{img_size}"
     cmd = train_cmd(size, img_size, shards, out, steps, batch, steps)
-    res = _run([sys.executable, "-m", "benchmarks.sizes", "peak", *cmd[3:]], timeout=7200)
+    cmd = [sys.executable, "-m", "benchmarks.sizes", "peak", *cmd[3:]]
+    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=7200, cwd=ROOT,
+                         env={**os.environ, "WANDB_MODE": "disabled"})
+    if res.returncode == -signal.SIGKILL:
+        return None
+    if res.returncode:
+        raise RuntimeError(f"the peak memory run of {size} at {img_size} px failed (exit {res.returncode}):\n"
+                           f"{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
 
@@ -65,11 +79,17 @@ def peak_main(argv):
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # KiB on Linux
 
 
+def peak_cell(r):
+    if r.get("out_of_memory") is True:
+        return f"> {MACHINE_MIB:.0f} (killed)"
+    return "not run" if r.get("out_of_memory") else "" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+
+
 def row_cells(r):
     def f(value, fmt):
         return "" if value is None else format(value, fmt)
     return [r["size"], r["img_size"], f(r["G_params"] / 1e6, ".2f"), f(r["D_params"] / 1e6, ".2f"),
-            f(r["G_gflops"], ".3g"), f(r["D_gflops"], ".3g"), f(r["peak_rss_mib"], ".0f"),
+            f(r["G_gflops"], ".3g"), f(r["D_gflops"], ".3g"), peak_cell(r),
             f(r["cpu_img_per_s_1p"], ".0f"), f(r["cpu_img_per_s_2p"], ".0f"), "", ""]
 
 
@@ -107,9 +127,10 @@ def main(argv=None):
         work.mkdir(parents=True, exist_ok=True)
         src = make_source_images(work / "source", 256)
         shards = {r: d["png"] for r, d in pack_sizes(src, work, args.resolutions, cores(), ("png",)).items()}
-        doc = {"machine": machine_info(), "config": {k: sorted(v) if isinstance(v, set) else v for k, v in
+        doc = {"machine": {**machine_info(), "memory_mib": MACHINE_MIB}, "config": {k: sorted(v) if isinstance(v, set) else v for k, v in
                                                      vars(args).items() if k not in ("out", "work")}, "rows": []}
         for size in args.sizes:
+            out_of_memory = False  # a larger image of the same size needs more
             for r in args.resolutions:
                 cfg = gan_config(parse_args(["--data", "x", "--cpu", "--preset", "modern", "--size", size,
                                              "--img_size", str(r), "--channels", "3"]))
@@ -117,8 +138,12 @@ def main(argv=None):
                        "cpu_img_per_s_1p": None, "cpu_img_per_s_2p": None, "gpu_img_per_s": None,
                        "gpu_peak_gib": None}
                 print(f"{size} at {r} px ...", file=sys.stderr, flush=True)
-                if size in args.mem_sizes:
+                if size in args.mem_sizes and not out_of_memory:
                     row["peak_rss_mib"] = peak_memory(size, r, shards[r], work, args.mem_steps, args.mem_batch)
+                    out_of_memory = row["peak_rss_mib"] is None
+                    row["out_of_memory"] = out_of_memory
+                elif size in args.mem_sizes:
+                    row["out_of_memory"] = "not run: a smaller image of this size ran out of memory"
                 if (size, r) in SPEED_ROWS:
                     for nproc in (1, 2):
                         row[f"cpu_img_per_s_{nproc}p"] = speed(size, r, shards[r], work, args.steps, args.warmup,

@@ -62,19 +62,23 @@ def pack_digits(indices, out, log):
 
 
 @torch.no_grad()
-def mean_d(checkpoint, images, batch_size=500):
-    """The mean of D's outputs (logits) over images, with the checkpoint's D in eval mode."""
+def mean_d(checkpoint, images, batch_size=32):
+    """The mean of D's outputs (logits) over images, with the checkpoint's D in eval mode, read in batches of
+    `batch_size` (the run's batch per process, so D's minibatch std groups reals as in training); the last batch
+    is filled up with the first images, whose second readings are left out."""
     _, D = build_models(checkpoint_config(checkpoint))
     D.load_state_dict(load_file(str(Path(checkpoint) / WEIGHT_FILES["D"])))
     D.eval()
-    return float(torch.cat([D(x).float().flatten() for x in images.split(batch_size)]).mean())
+    n = len(images)
+    filled = images[torch.arange(-(-n // batch_size) * batch_size) % n]
+    return float(torch.cat([D(x).float().flatten() for x in filled.split(batch_size)])[:n].mean())
 
 
-def gap_over_time(run_dir, training, held_out, global_batch):
+def gap_over_time(run_dir, training, held_out, global_batch, batch_size):
     """For every checkpoint of the run: D's mean on the training and held-out reals, and their difference."""
     rows = []
     for step, path in list_checkpoints(run_dir):
-        on_train, on_held_out = mean_d(path, training), mean_d(path, held_out)
+        on_train, on_held_out = mean_d(path, training, batch_size), mean_d(path, held_out, batch_size)
         rows.append({"step": step, "kimg": step * global_batch / 1000, "D_train": on_train,
                      "D_held_out": on_held_out, "gap": on_train - on_held_out})
     return rows
@@ -166,7 +170,7 @@ def main(argv=None):
         flags = [*RECIPES[args.recipe], *CASES[name], "--checkpointing_steps", every]
         trained = train(args, name, [str(f) for f in flags], work / "train32", 1, work / name,
                         args.steps * global_batch / 1000)
-        gaps = gap_over_time(work / name, training, held_out, global_batch)
+        gaps = gap_over_time(work / name, training, held_out, global_batch, args.batch_size)
         judged = digit_report(clf, samples(work / name, args.samples, args.seed + 1))
         doc["cases"][name] = {"gap": gaps[-1]["gap"], "gap_over_time": gaps, "p_over_time": p_over_time(work / name),
                               **judged, "smallest_class_share": min(judged["class_shares"]), **trained}

@@ -6,9 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_module
+from safetensors.torch import load_file
 
 from benchmarks.small_data import gap_over_time, markdown, mean_d, parse_args, split_digits
+from gan_dist.evaluation.sample import checkpoint_config
+from gan_dist.networks.models import build_models
+from gan_dist.training.checkpoint import WEIGHT_FILES
 
 
 def test_the_split_is_disjoint_complete_and_seeded():
@@ -62,12 +67,22 @@ def test_small_data_bench_end_to_end_tiny(tmp_path):
     assert doc["data"]["training"] == 200 and doc["data"]["held_out"] == 1597
     none, ada = doc["cases"]["none"], doc["cases"]["ada"]
     assert [row["step"] for row in none["gap_over_time"]] == [2, 4] and none["steps"] == 4
-    # the gap is D's reading of the packed digits at the last checkpoint, as mean_d computes it
+    # the gap is D's reading of the packed digits at the last checkpoint, as mean_d computes it, in batches of 16
+    # (the modern recipe's D groups 4 reals for its minibatch std; 1,597 held-out digits fill the last batch up)
     training, held_out = (work / name for name in ("train32", "held-out32"))
-    assert gap_over_time(work / "none", *_images(training, held_out), 16)[-1]["gap"] == none["gap"]
-    assert none["gap"] == pytest.approx(mean_d(work / "none" / "checkpoints" / "checkpoint-4", _images(training)[0])
-                                        - mean_d(work / "none" / "checkpoints" / "checkpoint-4",
-                                                 _images(held_out)[0]))
+    assert gap_over_time(work / "none", *_images(training, held_out), 16, 16)[-1]["gap"] == none["gap"]
+    last = work / "none" / "checkpoints" / "checkpoint-4"
+    assert none["gap"] == pytest.approx(mean_d(last, _images(training)[0], 16) - mean_d(last, _images(held_out)[0], 16))
+    # 20 images: a batch of 16, then 4 read beside the first 12 (D refuses 20 at once: groups of 4 in 16 per batch)
+    _, D = build_models(checkpoint_config(last))
+    D.load_state_dict(load_file(str(last / WEIGHT_FILES["D"])))
+    D.eval()
+    images = _images(held_out)[0][:20]
+    with pytest.raises(ValueError, match="minibatch std"):
+        D(images)
+    with torch.no_grad():
+        read = torch.cat([D(images[:16]).flatten(), D(torch.cat([images[16:], images[:12]])).flatten()[:4]])
+    assert mean_d(last, images, 16) == pytest.approx(float(read.mean()))
     assert none["p_over_time"] == [] and [row["p"] for row in ada["p_over_time"]] == pytest.approx([0.5] * 4)
     assert none["samples"] == 100 and sum(none["class_shares"]) == pytest.approx(1, abs=1e-3)
     assert "| ada |" in r.stdout and "ada, p over time" in r.stdout

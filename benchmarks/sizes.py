@@ -127,8 +127,8 @@ def main(argv=None):
         work.mkdir(parents=True, exist_ok=True)
         src = make_source_images(work / "source", 256)
         shards = {r: d["png"] for r, d in pack_sizes(src, work, args.resolutions, cores(), ("png",)).items()}
-        doc = {"machine": {**machine_info(), "memory_mib": MACHINE_MIB}, "config": {k: sorted(v) if isinstance(v, set) else v for k, v in
-                                                     vars(args).items() if k not in ("out", "work")}, "rows": []}
+        config = {k: sorted(v) if isinstance(v, set) else v for k, v in vars(args).items() if k not in ("out", "work")}
+        doc = {"machine": {**machine_info(), "memory_mib": MACHINE_MIB}, "config": config, "rows": []}
         for size in args.sizes:
             out_of_memory = False  # a larger image of the same size needs more
             for r in args.resolutions:

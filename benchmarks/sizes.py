@@ -17,12 +17,10 @@ import math
 import os
 import resource
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import ROOT
 from benchmarks.step import _run, read_metrics
 from gan_dist.benchkit import machine_info, make_source_images, markdown_table, pack_sizes
 from gan_dist.names import cores
@@ -61,15 +59,8 @@ def peak_memory(size, img_size, shards, work, steps, batch):
     the kernel killed it (SIGKILL: out of this machine's memory)."""
     out = work / f"mem-{size}-{img_size}"
     cmd = train_cmd(size, img_size, shards, out, steps, batch, steps)
-    cmd = [sys.executable, "-m", "benchmarks.sizes", "peak", *cmd[3:]]
-    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=7200, cwd=ROOT,
-                         env={**os.environ, "WANDB_MODE": "disabled"})
-    if res.returncode == -signal.SIGKILL:
-        return None
-    if res.returncode:
-        raise RuntimeError(f"the peak memory run of {size} at {img_size} px failed (exit {res.returncode}):\n"
-                           f"{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    res = _run([sys.executable, "-m", "benchmarks.sizes", "peak", *cmd[3:]], timeout=7200, allow=(-signal.SIGKILL,))
+    return None if res.returncode else json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
 
 def peak_main(argv):
@@ -80,9 +71,12 @@ def peak_main(argv):
 
 
 def peak_cell(r):
+    """The peak memory cell: MiB, killed for memory, not run after a smaller image was, or not measured."""
     if r.get("out_of_memory") is True:
         return f"> {MACHINE_MIB:.0f} (killed)"
-    return "not run" if r.get("out_of_memory") else "" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+    if r.get("out_of_memory"):
+        return "not run"
+    return "" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
 
 
 def row_cells(r):

@@ -10,6 +10,7 @@ Used by `python -m gan_dist.evaluate --metrics digits` (a metric that needs no I
 weights) and by `python -m benchmarks quality`. Images are float in [-1, 1], any size:
 each channel is averaged back to the digits' 8x8 grid.
 """
+import functools
 import warnings
 
 import numpy as np
@@ -26,13 +27,17 @@ def channel_features(images):
     return F.adaptive_avg_pool2d(x, 8).flatten(1).numpy()
 
 
+@functools.cache  # the judge's fit and every requested_report read them: decode and resize the digits once
 def real_digits():
-    """The real digits taken through the packer's path (8x8 -> 32x32 bicubic -> 8x8): (features (N, 64), digits)."""
+    """The real digits taken through the packer's path (8x8 -> 32x32 bicubic -> 8x8): (features (N, 64), digits),
+    read-only (they are shared)."""
     from sklearn.datasets import load_digits
     digits = load_digits()
     up = np.stack([np.asarray(Image.fromarray(img).resize((32, 32), Image.Resampling.BICUBIC))
                    for img in np.round(digits.images * (255 / 16)).astype(np.uint8)])
-    return channel_features(torch.from_numpy(up)[:, None].float() / 127.5 - 1), digits.target
+    features, target = channel_features(torch.from_numpy(up)[:, None].float() / 127.5 - 1), digits.target
+    features.flags.writeable = target.flags.writeable = False
+    return features, target
 
 
 def spread(features, labels):

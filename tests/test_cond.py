@@ -315,7 +315,8 @@ def test_evaluate_reads_a_conditional_digit_generator_per_digit_with_its_spread(
     assert set(digits["per_class"]) == set(digits["spread_vs_real"]) == {str(d) for d in range(10)}
     assert digits["lowest"] == min(digits["per_class"].values())
     assert digits["lowest_spread"] == min(digits["spread_vs_real"].values())
-    assert digits["lowest_spread"] > 0  # each digit's samples come from different latents
+    # each digit's samples come from different latents: one latent repeated scores about 3e-9 (rounding)
+    assert digits["lowest_spread"] > 1e-4
 
 
 def test_digit_judge_reads_real_digits_as_their_own_class_and_not_as_another():
